@@ -1,0 +1,86 @@
+//! The broker: the only path between nodes.
+//!
+//! A producer hands a [`Publication`] to the broker; the broker carries it to every node
+//! (itself included), and each node delivers through its own [`Hub`]. The
+//! [`MemoryBroker`] is the single-node default: "every node" is this one.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::event::{Delivery, Event};
+use crate::hub::Hub;
+use crate::topic::Topic;
+
+/// A boxed future, so the broker trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One event addressed to one or more topics.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topics: Vec<Topic>,
+    pub event: Event,
+    /// When the event entered this node.
+    pub accepted_at: Instant,
+}
+
+impl Publication {
+    pub fn new(topics: Vec<Topic>, event: Event) -> Self {
+        Self { topics, event, accepted_at: Instant::now() }
+    }
+}
+
+/// The broker could not take a publication; the producer must not be told it succeeded.
+#[derive(Debug, thiserror::Error)]
+#[error("broker unavailable: {0}")]
+pub struct BrokerError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Carries publications to every node. Implemented by `MemoryBroker` here and by
+/// backends in their own crates.
+pub trait Broker: Send + Sync + 'static {
+    /// Resolves once the publication is handed over (for the memory broker: delivered to
+    /// local sessions). An error means it was not, and the producer is told so.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Whether the broker can currently carry publications (for `/ready`).
+    fn is_ready(&self) -> bool;
+
+    /// A short name for health output, e.g. `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+/// The single-node broker: a publication goes straight to the local hub.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    hub: Hub,
+}
+
+impl fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+    }
+}
+
+impl MemoryBroker {
+    pub fn new(hub: Hub) -> Self {
+        Self { hub }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let delivery = Arc::new(Delivery::accepted_at(publication.event, publication.accepted_at));
+        self.hub.dispatch(&publication.topics, delivery);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

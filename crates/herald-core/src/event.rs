@@ -1,0 +1,156 @@
+//! Events and their once-per-format encodings.
+//!
+//! An [`Event`] holds its payload as already-serialised JSON ([`RawValue`]), so the data
+//! is serialised once, when the event enters Herald. A [`Delivery`] wraps one event on
+//! its way to many sessions and caches one encoding per wire format: the first session
+//! of a format pays for the framing, every other one gets a clone of the same bytes.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// The longest event name accepted, in bytes.
+pub const MAX_EVENT_NAME_LEN: usize = 100;
+
+/// How many distinct wire formats a delivery can cache. Transports pick their slots.
+pub const FORMAT_SLOTS: usize = 8;
+
+/// Names one cached encoding of a delivery. Transports define one constant per format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FormatSlot(usize);
+
+impl FormatSlot {
+    /// # Panics
+    /// At compile time (in a `const`) or start-up when `index >= FORMAT_SLOTS`: a slot is a
+    /// fixed table index chosen by the transport author, not runtime input.
+    pub const fn new(index: usize) -> Self {
+        assert!(index < FORMAT_SLOTS, "format slot out of range");
+        Self(index)
+    }
+}
+
+/// Why an event could not be built from producer input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event name must not be empty")]
+    EmptyName,
+    #[error("event name longer than {MAX_EVENT_NAME_LEN} bytes")]
+    NameTooLong,
+    #[error("event name may not contain control characters or quotes")]
+    BadName,
+    #[error("payload could not be serialised as JSON")]
+    BadPayload,
+}
+
+/// A named event with a JSON payload.
+#[derive(Debug, Clone)]
+pub struct Event {
+    name: Arc<str>,
+    data: Arc<RawValue>,
+}
+
+impl Event {
+    /// Builds an event, validating the name. The payload is already valid JSON.
+    pub fn new(name: &str, data: Box<RawValue>) -> Result<Self, EventError> {
+        validate_event_name(name)?;
+        Ok(Self { name: Arc::from(name), data: Arc::from(data) })
+    }
+
+    /// Builds an event from a serialisable value; for events Herald itself emits.
+    pub fn from_value<T: serde::Serialize>(name: &str, data: &T) -> Result<Self, EventError> {
+        let raw = serde_json::value::to_raw_value(data).map_err(|_| EventError::BadPayload)?;
+        Self::new(name, raw)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The payload, exactly as it will appear on the wire.
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+}
+
+/// Checks a producer-chosen event name: it becomes a Socket.IO event name, a JSON string
+/// and an SSE `event:` line, so control characters and quotes are refused.
+pub fn validate_event_name(name: &str) -> Result<(), EventError> {
+    if name.is_empty() {
+        return Err(EventError::EmptyName);
+    }
+    if name.len() > MAX_EVENT_NAME_LEN {
+        return Err(EventError::NameTooLong);
+    }
+    if name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err(EventError::BadName);
+    }
+    Ok(())
+}
+
+/// One event on its way to many sessions, with its encodings cached per wire format.
+#[derive(Debug)]
+pub struct Delivery {
+    event: Event,
+    /// When the event entered the node; used for the publish-to-enqueue histogram.
+    accepted_at: Instant,
+    encoded: [OnceLock<Bytes>; FORMAT_SLOTS],
+}
+
+impl Delivery {
+    pub fn new(event: Event) -> Self {
+        Self::accepted_at(event, Instant::now())
+    }
+
+    pub fn accepted_at(event: Event, accepted_at: Instant) -> Self {
+        Self { event, accepted_at, encoded: Default::default() }
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    pub fn accepted_instant(&self) -> Instant {
+        self.accepted_at
+    }
+
+    /// The event in the format of `slot`, encoded by `encode` the first time only.
+    pub fn encoded(&self, slot: FormatSlot, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded[slot.0].get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn encodes_once_per_slot() {
+        let event = Event::from_value("notification", &serde_json::json!({"a": 1})).unwrap();
+        let delivery = Delivery::new(event);
+        let calls = AtomicUsize::new(0);
+        let encode = |event: &Event| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Bytes::from(format!("{}={}", event.name(), event.data().get()))
+        };
+        let slot_a = FormatSlot::new(0);
+        let slot_b = FormatSlot::new(1);
+        for _ in 0..100 {
+            assert_eq!(delivery.encoded(slot_a, encode), Bytes::from("notification={\"a\":1}"));
+        }
+        delivery.encoded(slot_b, encode);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn event_names_are_validated() {
+        let data = || RawValue::from_string("{}".into()).unwrap();
+        assert_eq!(Event::new("", data()).unwrap_err(), EventError::EmptyName);
+        assert_eq!(Event::new("a\nb", data()).unwrap_err(), EventError::BadName);
+        assert_eq!(Event::new("a\"b", data()).unwrap_err(), EventError::BadName);
+        assert_eq!(Event::new(&"x".repeat(101), data()).unwrap_err(), EventError::NameTooLong);
+        assert!(Event::new("message:new", data()).is_ok());
+    }
+}

@@ -1,0 +1,476 @@
+//! The hub: the registry of local sessions and their topic subscriptions, and the
+//! fan-out from one published event to every subscribed session on this node.
+//!
+//! Locking: two maps behind `parking_lot::RwLock`s. Fan-out takes only the topic map's
+//! read lock and never blocks while holding it ([`Outlet::offer`] must not block and must
+//! not call back into the hub). Sessions that cannot take an event are closed after the
+//! lock is released.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{AccessDenied, check_subscribe};
+use crate::error::{CloseReason, ErrorCode};
+use crate::event::Delivery;
+use crate::metrics as m;
+use crate::principal::{Principal, UserId};
+use crate::topic::Topic;
+
+/// Identifies a session on this node. Never reused while the node runs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Why an outlet did not take a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferError {
+    /// The session's bounded queue is full: a slow consumer.
+    Full,
+    /// The session is already gone.
+    Closed,
+}
+
+/// The hub's handle on one session's outgoing side, implemented by each transport.
+pub trait Outlet: Send + Sync + 'static {
+    /// Queues a delivery for the client. Must not block and must not call into the hub.
+    fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError>;
+
+    /// Ends the session for `reason`: tell the client if possible, then disconnect.
+    /// Must not block and must not call into the hub.
+    fn close(&self, reason: CloseReason);
+}
+
+/// Limits the hub enforces on every session.
+#[derive(Debug, Clone)]
+pub struct HubLimits {
+    /// Most topics one session may be subscribed to at once.
+    pub max_topics_per_session: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self { max_topics_per_session: 1_000 }
+    }
+}
+
+/// A refused subscription.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Denied(#[from] AccessDenied),
+    #[error("a session may hold at most {0} subscriptions")]
+    TooMany(usize),
+    #[error("session closed")]
+    Closed,
+}
+
+impl SubscribeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SubscribeError::Denied(denied) => denied.code,
+            SubscribeError::TooMany(_) => ErrorCode::RateLimited,
+            SubscribeError::Closed => ErrorCode::Internal,
+        }
+    }
+}
+
+/// What the hub knows of one session.
+struct SessionEntry {
+    outlet: Arc<dyn Outlet>,
+    principal: Arc<Principal>,
+    transport: &'static str,
+    topics: HashSet<Topic>,
+    shared: Arc<SessionShared>,
+}
+
+/// State a session's transport task and the hub's sweeper both touch.
+#[derive(Debug)]
+struct SessionShared {
+    /// Milliseconds since the hub started at the last client activity.
+    last_activity_ms: AtomicU64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct TransportCount {
+    active: u64,
+    peak: u64,
+}
+
+/// Figures for health endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubStats {
+    pub connections: usize,
+    pub unique_users: usize,
+    pub topics: usize,
+    pub subscriptions: usize,
+}
+
+struct Inner {
+    limits: HubLimits,
+    sessions: RwLock<HashMap<SessionId, SessionEntry>>,
+    topics: RwLock<HashMap<Topic, HashMap<SessionId, Arc<dyn Outlet>>>>,
+    /// Connections per user, for unique-user figures and presence.
+    users: Mutex<HashMap<UserId, usize>>,
+    /// Sessions ordered by token expiry (Unix seconds), for the sweeper.
+    expiries: Mutex<BTreeSet<(u64, SessionId)>>,
+    per_transport: Mutex<HashMap<&'static str, TransportCount>>,
+    next_id: AtomicU64,
+    started: tokio::time::Instant,
+}
+
+/// The registry of local sessions and subscriptions. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").field("stats", &self.stats()).finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(HubLimits::default())
+    }
+}
+
+impl Hub {
+    pub fn new(limits: HubLimits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                limits,
+                sessions: RwLock::default(),
+                topics: RwLock::default(),
+                users: Mutex::default(),
+                expiries: Mutex::default(),
+                per_transport: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                started: tokio::time::Instant::now(),
+            }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// Registers a session and subscribes it to its own `user:{id}` topic and `global`.
+    /// The session lives until the returned guard is dropped or the hub closes it.
+    pub fn register(&self, principal: Principal, transport: &'static str, outlet: Arc<dyn Outlet>) -> SessionGuard {
+        let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let principal = Arc::new(principal);
+        let shared = Arc::new(SessionShared { last_activity_ms: AtomicU64::new(self.now_ms()) });
+        let own_topics = [Topic::user(&principal.user_id), Topic::global()];
+        {
+            let mut topics = self.inner.topics.write();
+            for topic in &own_topics {
+                topics.entry(topic.clone()).or_default().insert(id, outlet.clone());
+            }
+        }
+        if let Some(expires_at) = principal.expires_at {
+            self.inner.expiries.lock().insert((expires_at, id));
+        }
+        *self.inner.users.lock().entry(principal.user_id.clone()).or_default() += 1;
+        self.count_transport(transport, true);
+        self.inner.sessions.write().insert(
+            id,
+            SessionEntry {
+                outlet,
+                principal: principal.clone(),
+                transport,
+                topics: own_topics.into_iter().collect(),
+                shared: shared.clone(),
+            },
+        );
+        SessionGuard { hub: self.clone(), id, principal, shared }
+    }
+
+    fn count_transport(&self, transport: &'static str, opened: bool) {
+        let mut counts = self.inner.per_transport.lock();
+        let count = counts.entry(transport).or_default();
+        if opened {
+            count.active += 1;
+            count.peak = count.peak.max(count.active);
+            metrics::counter!(m::CONNECTIONS_TOTAL, "transport" => transport).increment(1);
+            metrics::gauge!(m::CONNECTIONS_PEAK, "transport" => transport).set(count.peak as f64);
+        } else {
+            count.active = count.active.saturating_sub(1);
+        }
+        metrics::gauge!(m::CONNECTIONS_ACTIVE, "transport" => transport).set(count.active as f64);
+    }
+
+    /// Removes a session everywhere. Returns its entry if it was still registered.
+    fn remove(&self, id: SessionId) -> Option<SessionEntry> {
+        let entry = self.inner.sessions.write().remove(&id)?;
+        {
+            let mut topics = self.inner.topics.write();
+            for topic in &entry.topics {
+                if let Some(subscribers) = topics.get_mut(topic) {
+                    subscribers.remove(&id);
+                    if subscribers.is_empty() {
+                        topics.remove(topic);
+                    }
+                }
+            }
+        }
+        if let Some(expires_at) = entry.principal.expires_at {
+            self.inner.expiries.lock().remove(&(expires_at, id));
+        }
+        {
+            let mut users = self.inner.users.lock();
+            if let Some(count) = users.get_mut(&entry.principal.user_id) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(&entry.principal.user_id);
+                }
+            }
+        }
+        self.count_transport(entry.transport, false);
+        Some(entry)
+    }
+
+    /// Ends a session for `reason`: removes it, then tells its outlet to close.
+    pub fn close_session(&self, id: SessionId, reason: CloseReason) {
+        if let Some(entry) = self.remove(id) {
+            metrics::counter!(m::SESSIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+            if reason == CloseReason::SlowConsumer {
+                metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS, "transport" => entry.transport).increment(1);
+            }
+            tracing::debug!(session = %id, user = %entry.principal.user_id, %reason, "closing session");
+            entry.outlet.close(reason);
+        }
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let ids: Vec<SessionId> = self.inner.sessions.read().keys().copied().collect();
+        for id in ids {
+            self.close_session(id, reason);
+        }
+    }
+
+    fn subscribe(&self, id: SessionId, topic: Topic) -> Result<bool, SubscribeError> {
+        let mut sessions = self.inner.sessions.write();
+        let entry = sessions.get_mut(&id).ok_or(SubscribeError::Closed)?;
+        check_subscribe(&entry.principal, &topic)?;
+        if entry.topics.contains(&topic) {
+            return Ok(false);
+        }
+        if entry.topics.len() >= self.inner.limits.max_topics_per_session {
+            return Err(SubscribeError::TooMany(self.inner.limits.max_topics_per_session));
+        }
+        entry.topics.insert(topic.clone());
+        self.inner.topics.write().entry(topic).or_default().insert(id, entry.outlet.clone());
+        Ok(true)
+    }
+
+    fn unsubscribe(&self, id: SessionId, topic: &Topic) -> bool {
+        let mut sessions = self.inner.sessions.write();
+        let Some(entry) = sessions.get_mut(&id) else {
+            return false;
+        };
+        if !entry.topics.remove(topic) {
+            return false;
+        }
+        let mut topics = self.inner.topics.write();
+        if let Some(subscribers) = topics.get_mut(topic) {
+            subscribers.remove(&id);
+            if subscribers.is_empty() {
+                topics.remove(topic);
+            }
+        }
+        true
+    }
+
+    /// Delivers one event to every local session subscribed to any of `topics`, once per
+    /// session. Returns how many sessions took it. Sessions whose queue is full are closed
+    /// as slow consumers.
+    pub fn dispatch(&self, topics: &[Topic], delivery: Arc<Delivery>) -> usize {
+        let mut delivered = 0usize;
+        let mut full: Vec<SessionId> = Vec::new();
+        {
+            let map = self.inner.topics.read();
+            let mut offer = |id: SessionId, outlet: &Arc<dyn Outlet>| match outlet.offer(&delivery) {
+                Ok(()) => delivered += 1,
+                Err(OfferError::Full) => full.push(id),
+                Err(OfferError::Closed) => {}
+            };
+            match topics {
+                [topic] => {
+                    if let Some(subscribers) = map.get(topic) {
+                        for (id, outlet) in subscribers {
+                            offer(*id, outlet);
+                        }
+                    }
+                }
+                _ => {
+                    let mut seen = HashSet::new();
+                    for topic in topics {
+                        if let Some(subscribers) = map.get(topic) {
+                            for (id, outlet) in subscribers {
+                                if seen.insert(*id) {
+                                    offer(*id, outlet);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for id in full {
+            self.close_session(id, CloseReason::SlowConsumer);
+        }
+        let event_label = m::event_label(delivery.event().name());
+        metrics::counter!(m::EVENTS_OUT, "event" => event_label).increment(delivered as u64);
+        metrics::histogram!(m::PUBLISH_TO_ENQUEUE_SECONDS).record(delivery.accepted_instant().elapsed().as_secs_f64());
+        delivered
+    }
+
+    /// Closes sessions whose token has expired, and, when `idle` is set, sessions without
+    /// client activity for that long. Returns how many were closed.
+    pub fn sweep(&self, idle: Option<Duration>) -> usize {
+        let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let expired: Vec<SessionId> = {
+            let expiries = self.inner.expiries.lock();
+            expiries.iter().take_while(|(expires_at, _)| *expires_at <= now_unix).map(|(_, id)| *id).collect()
+        };
+        let mut closed = expired.len();
+        for id in expired {
+            self.close_session(id, CloseReason::TokenExpired);
+        }
+        if let Some(idle) = idle {
+            let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+            let idle_ids: Vec<SessionId> = self
+                .inner
+                .sessions
+                .read()
+                .iter()
+                .filter(|(_, entry)| entry.shared.last_activity_ms.load(Ordering::Relaxed) < cutoff)
+                .map(|(id, _)| *id)
+                .collect();
+            closed += idle_ids.len();
+            for id in idle_ids {
+                self.close_session(id, CloseReason::IdleTimeout);
+            }
+        }
+        closed
+    }
+
+    /// Runs [`Hub::sweep`] every `period` until `shutdown` is cancelled.
+    pub async fn run_sweeper(self, period: Duration, idle: Option<Duration>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => { self.sweep(idle); }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let connections = self.inner.sessions.read().len();
+        let unique_users = self.inner.users.lock().len();
+        let topics = self.inner.topics.read();
+        HubStats {
+            connections,
+            unique_users,
+            topics: topics.len(),
+            subscriptions: topics.values().map(HashMap::len).sum(),
+        }
+    }
+
+    /// Active connections per transport name.
+    pub fn connections_by_transport(&self) -> Vec<(&'static str, u64)> {
+        let mut counts: Vec<_> = self.inner.per_transport.lock().iter().map(|(name, c)| (*name, c.active)).collect();
+        counts.sort();
+        counts
+    }
+
+    /// How many local sessions are subscribed to `topic`.
+    pub fn subscriber_count(&self, topic: &Topic) -> usize {
+        self.inner.topics.read().get(topic).map_or(0, HashMap::len)
+    }
+}
+
+/// Owns one registered session; dropping it unregisters the session.
+pub struct SessionGuard {
+    hub: Hub,
+    id: SessionId,
+    principal: Arc<Principal>,
+    shared: Arc<SessionShared>,
+}
+
+impl fmt::Debug for SessionGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionGuard").field("id", &self.id).field("user", &self.principal.user_id).finish()
+    }
+}
+
+impl SessionGuard {
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Subscribes after checking access. `Ok(false)` when already subscribed.
+    pub fn subscribe(&self, topic: Topic) -> Result<bool, SubscribeError> {
+        self.hub.subscribe(self.id, topic)
+    }
+
+    /// `false` when the session was not subscribed.
+    pub fn unsubscribe(&self, topic: &Topic) -> bool {
+        self.hub.unsubscribe(self.id, topic)
+    }
+
+    /// Records client activity, for the idle timeout.
+    pub fn touch(&self) {
+        self.shared.last_activity_ms.store(self.hub.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The topics this session is subscribed to, sorted by name.
+    pub fn topics(&self) -> Vec<Topic> {
+        let sessions = self.hub.inner.sessions.read();
+        let mut topics: Vec<Topic> =
+            sessions.get(&self.id).map(|e| e.topics.iter().cloned().collect()).unwrap_or_default();
+        topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        topics
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.hub.remove(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

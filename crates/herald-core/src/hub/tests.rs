@@ -1,0 +1,199 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::*;
+use crate::event::{Event, FormatSlot};
+
+/// A bounded in-memory outlet that records what it was offered and how it was closed.
+struct RecordingOutlet {
+    capacity: usize,
+    received: Mutex<Vec<Arc<Delivery>>>,
+    closed: Mutex<Option<CloseReason>>,
+}
+
+impl RecordingOutlet {
+    fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self { capacity, received: Mutex::default(), closed: Mutex::default() })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.received.lock().iter().map(|d| d.event().name().to_owned()).collect()
+    }
+}
+
+impl Outlet for RecordingOutlet {
+    fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
+        let mut received = self.received.lock();
+        if received.len() >= self.capacity {
+            return Err(OfferError::Full);
+        }
+        received.push(delivery.clone());
+        Ok(())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        *self.closed.lock() = Some(reason);
+    }
+}
+
+fn principal(id: &str) -> Principal {
+    Principal::new(UserId::parse(id).unwrap())
+}
+
+fn delivery(name: &str) -> Arc<Delivery> {
+    Arc::new(Delivery::new(Event::from_value(name, &serde_json::json!({"n": name})).unwrap()))
+}
+
+fn topic(name: &str) -> Topic {
+    Topic::parse(name).unwrap()
+}
+
+#[test]
+fn sessions_get_their_user_topic_and_global() {
+    let hub = Hub::default();
+    let alice_outlet = RecordingOutlet::new(10);
+    let bob_outlet = RecordingOutlet::new(10);
+    let alice = hub.register(principal("alice"), "ws", alice_outlet.clone());
+    let _bob = hub.register(principal("bob"), "ws", bob_outlet.clone());
+
+    assert_eq!(alice.topics(), vec![topic("global"), topic("user:alice")]);
+    assert_eq!(hub.dispatch(&[topic("user:alice")], delivery("a")), 1);
+    assert_eq!(hub.dispatch(&[topic("global")], delivery("g")), 2);
+    assert_eq!(alice_outlet.names(), ["a", "g"]);
+    assert_eq!(bob_outlet.names(), ["g"]);
+}
+
+#[test]
+fn channel_publish_reaches_only_its_subscribers() {
+    let hub = Hub::default();
+    let inside = RecordingOutlet::new(10);
+    let outside = RecordingOutlet::new(10);
+    let member = hub.register(principal("a"), "ws", inside.clone());
+    let _other = hub.register(principal("b"), "ws", outside.clone());
+    assert_eq!(member.subscribe(topic("channel:7")), Ok(true));
+    assert_eq!(member.subscribe(topic("channel:7")), Ok(false));
+
+    assert_eq!(hub.dispatch(&[topic("channel:7")], delivery("c")), 1);
+    assert_eq!(inside.names(), ["c"]);
+    assert!(outside.names().is_empty());
+
+    assert!(member.unsubscribe(&topic("channel:7")));
+    assert_eq!(hub.dispatch(&[topic("channel:7")], delivery("c2")), 0);
+    assert_eq!(hub.subscriber_count(&topic("channel:7")), 0);
+}
+
+#[test]
+fn multi_topic_publish_reaches_each_session_once() {
+    let hub = Hub::default();
+    let outlet = RecordingOutlet::new(10);
+    let session = hub.register(principal("a"), "ws", outlet.clone());
+    session.subscribe(topic("channel:1")).unwrap();
+    let topics = [topic("user:a"), topic("channel:1"), topic("global")];
+    assert_eq!(hub.dispatch(&topics, delivery("once")), 1);
+    assert_eq!(outlet.names(), ["once"]);
+}
+
+#[test]
+fn access_rules_apply_to_subscribe() {
+    let hub = Hub::default();
+    let session = hub.register(principal("alice"), "ws", RecordingOutlet::new(1));
+    let error = session.subscribe(topic("user:bob")).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Forbidden);
+    let error = session.subscribe(topic("room:1")).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::MembershipRequired);
+}
+
+#[test]
+fn subscriptions_per_session_are_bounded() {
+    let hub = Hub::new(HubLimits { max_topics_per_session: 3 });
+    let session = hub.register(principal("a"), "ws", RecordingOutlet::new(1));
+    // Own user topic and global count towards the limit.
+    session.subscribe(topic("channel:1")).unwrap();
+    assert_eq!(session.subscribe(topic("channel:2")), Err(SubscribeError::TooMany(3)));
+}
+
+#[test]
+fn a_full_outlet_closes_only_that_session() {
+    let hub = Hub::default();
+    let slow = RecordingOutlet::new(2);
+    let fast = RecordingOutlet::new(100);
+    let _slow_session = hub.register(principal("slow"), "ws", slow.clone());
+    let _fast_session = hub.register(principal("fast"), "ws", fast.clone());
+    for i in 0..5 {
+        hub.dispatch(&[topic("global")], delivery(&format!("e{i}")));
+    }
+    assert_eq!(*slow.closed.lock(), Some(CloseReason::SlowConsumer));
+    assert_eq!(slow.names().len(), 2, "nothing queued beyond capacity");
+    assert_eq!(fast.names().len(), 5);
+    assert_eq!(*fast.closed.lock(), None);
+    assert_eq!(hub.stats().connections, 1);
+}
+
+#[test]
+fn dropping_the_guard_unregisters_everything() {
+    let hub = Hub::default();
+    let session = hub.register(principal("a"), "sse", RecordingOutlet::new(1));
+    session.subscribe(topic("channel:1")).unwrap();
+    assert_eq!(hub.stats(), HubStats { connections: 1, unique_users: 1, topics: 3, subscriptions: 3 });
+    drop(session);
+    assert_eq!(hub.stats(), HubStats { connections: 0, unique_users: 0, topics: 0, subscriptions: 0 });
+    assert!(hub.connections_by_transport().iter().all(|(_, active)| *active == 0));
+}
+
+#[test]
+fn unique_users_count_devices_once() {
+    let hub = Hub::default();
+    let _a1 = hub.register(principal("a"), "ws", RecordingOutlet::new(1));
+    let _a2 = hub.register(principal("a"), "sse", RecordingOutlet::new(1));
+    let _b = hub.register(principal("b"), "ws", RecordingOutlet::new(1));
+    let stats = hub.stats();
+    assert_eq!((stats.connections, stats.unique_users), (3, 2));
+}
+
+#[test]
+fn sweep_closes_expired_tokens() {
+    let hub = Hub::default();
+    let expired_outlet = RecordingOutlet::new(1);
+    let valid_outlet = RecordingOutlet::new(1);
+    let mut expired = principal("old");
+    expired.expires_at = Some(1);
+    let mut valid = principal("new");
+    valid.expires_at = Some(u64::MAX / 2);
+    let _old = hub.register(expired, "ws", expired_outlet.clone());
+    let _new = hub.register(valid, "ws", valid_outlet.clone());
+    assert_eq!(hub.sweep(None), 1);
+    assert_eq!(*expired_outlet.closed.lock(), Some(CloseReason::TokenExpired));
+    assert_eq!(*valid_outlet.closed.lock(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sweep_closes_idle_sessions_but_not_active_ones() {
+    let hub = Hub::default();
+    let idle_outlet = RecordingOutlet::new(1);
+    let busy_outlet = RecordingOutlet::new(1);
+    let _idle = hub.register(principal("idle"), "ws", idle_outlet.clone());
+    let busy = hub.register(principal("busy"), "ws", busy_outlet.clone());
+    tokio::time::advance(Duration::from_secs(50)).await;
+    busy.touch();
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(hub.sweep(Some(Duration::from_secs(60))), 1);
+    assert_eq!(*idle_outlet.closed.lock(), Some(CloseReason::IdleTimeout));
+    assert_eq!(*busy_outlet.closed.lock(), None);
+}
+
+#[test]
+fn fan_out_shares_one_encoding() {
+    let hub = Hub::default();
+    let outlets: Vec<_> = (0..50).map(|_| RecordingOutlet::new(4)).collect();
+    let _sessions: Vec<_> =
+        outlets.iter().enumerate().map(|(i, o)| hub.register(principal(&format!("u{i}")), "ws", o.clone())).collect();
+    hub.dispatch(&[topic("global")], delivery("shared"));
+    let slot = FormatSlot::new(0);
+    let first = outlets[0].received.lock()[0].encoded(slot, |e| bytes::Bytes::from(e.data().get().to_owned()));
+    for outlet in &outlets {
+        let bytes = outlet.received.lock()[0].encoded(slot, |_| panic!("encoded twice"));
+        assert_eq!(bytes.as_ptr(), first.as_ptr(), "every recipient shares the same buffer");
+    }
+}
