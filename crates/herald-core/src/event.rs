@@ -5,6 +5,7 @@
 //! its way to many sessions and caches one encoding per wire format: the first session
 //! of a format pays for the framing, every other one gets a clone of the same bytes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -52,9 +53,17 @@ pub struct Event {
 }
 
 impl Event {
-    /// Builds an event, validating the name. The payload is already valid JSON.
+    /// Builds an event, validating the name. The payload is already valid JSON; line
+    /// breaks (which valid JSON only has as whitespace) are removed so that every wire
+    /// format, SSE `data:` lines included, carries it on one line.
     pub fn new(name: &str, data: Box<RawValue>) -> Result<Self, EventError> {
         validate_event_name(name)?;
+        let data = if data.get().contains(['\n', '\r']) {
+            let single_line: String = data.get().chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
+            RawValue::from_string(single_line).map_err(|_| EventError::BadPayload)?
+        } else {
+            data
+        };
         Ok(Self { name: Arc::from(name), data: Arc::from(data) })
     }
 
@@ -89,10 +98,14 @@ pub fn validate_event_name(name: &str) -> Result<(), EventError> {
     Ok(())
 }
 
+/// Numbers deliveries on this node; used as the SSE `id:` until topics have positions.
+static NEXT_DELIVERY_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One event on its way to many sessions, with its encodings cached per wire format.
 #[derive(Debug)]
 pub struct Delivery {
     event: Event,
+    id: u64,
     /// When the event entered the node; used for the publish-to-enqueue histogram.
     accepted_at: Instant,
     encoded: [OnceLock<Bytes>; FORMAT_SLOTS],
@@ -104,11 +117,17 @@ impl Delivery {
     }
 
     pub fn accepted_at(event: Event, accepted_at: Instant) -> Self {
-        Self { event, accepted_at, encoded: Default::default() }
+        let id = NEXT_DELIVERY_ID.fetch_add(1, Ordering::Relaxed);
+        Self { event, id, accepted_at, encoded: Default::default() }
     }
 
     pub fn event(&self) -> &Event {
         &self.event
+    }
+
+    /// A node-local, increasing number for this delivery.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn accepted_instant(&self) -> Instant {
@@ -124,7 +143,7 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn encodes_once_per_slot() {
@@ -142,6 +161,15 @@ mod tests {
         }
         delivery.encoded(slot_b, encode);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn line_breaks_in_payload_whitespace_are_removed() {
+        let pretty = RawValue::from_string("{\n  \"a\": \"x\\ny\",\r\n  \"b\": [1,\n2]\n}".into()).unwrap();
+        let event = Event::new("e", pretty).unwrap();
+        assert!(!event.data().get().contains(['\n', '\r']));
+        let value: serde_json::Value = serde_json::from_str(event.data().get()).unwrap();
+        assert_eq!(value, serde_json::json!({"a": "x\ny", "b": [1, 2]}));
     }
 
     #[test]

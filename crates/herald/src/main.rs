@@ -1,1 +1,223 @@
-fn main() {}
+//! `herald`: serve the gateway (the default), or mint a token.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use herald_auth::{Signer, TokenSpec};
+use herald_server::{App, Config};
+
+/// Herald: a self-hosted real-time notification and messaging gateway.
+///
+/// With no subcommand, `herald` serves (same as `herald serve`). See `herald token --help`
+/// for minting development tokens.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve plain WebSocket, Socket.IO, SSE and the HTTP API on one port (the default).
+    Serve(Box<Config>),
+    /// Print a JWT signed with the configured key (JWT_SECRET, or --private-key).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Comma-separated roles, e.g. `admin`.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Lifetime, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Display name claim.
+    #[arg(long)]
+    name: Option<String>,
+    /// Device id claim.
+    #[arg(long)]
+    device: Option<String>,
+    /// HMAC secret (HS256).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// PEM private key file (RS256 or ES256) instead of the secret.
+    #[arg(long, env = "JWT_PRIVATE_KEY")]
+    private_key: Option<std::path::PathBuf>,
+    /// `iss` claim.
+    #[arg(long, env = "JWT_ISSUER")]
+    issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    audience: Option<String>,
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 =
+        number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 30m, 1h, 7d"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        "d" => value * 86_400,
+        _ => return Err(format!("invalid duration unit in {text:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// `herald` and `herald --port 1` mean `herald serve ...`.
+fn normalised_args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
+    let is_subcommand = matches!(first.as_deref(), Some("serve" | "token" | "help" | "-V" | "--version"));
+    if !is_subcommand {
+        args.insert(1, "serve".into());
+    }
+    args
+}
+
+/// Parses the command line, applying a `--config`/`HERALD_CONFIG` TOML file as defaults.
+fn parse_cli() -> anyhow::Result<Cli> {
+    let args = normalised_args();
+    let first_pass = Cli::try_parse_from(&args).unwrap_or_else(|error| error.exit());
+    let config_path = match &first_pass.command {
+        Command::Serve(config) => config.config.clone(),
+        Command::Token(_) => None,
+    };
+    let Some(path) = config_path else { return Ok(first_pass) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let command = Cli::command();
+    let command = command.mut_subcommand("serve", |serve| {
+        herald_server::config::apply_toml_defaults(serve.clone(), &text).unwrap_or(serve)
+    });
+    // Validate the file separately so a bad key is reported rather than ignored.
+    herald_server::config::apply_toml_defaults(Config::augment_args(clap::Command::new("serve")), &text)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let matches = command.try_get_matches_from(&args).unwrap_or_else(|error| error.exit());
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit()))
+}
+
+use clap::Args as _;
+
+fn main() -> anyhow::Result<()> {
+    let cli = parse_cli()?;
+    match cli.command {
+        Command::Token(args) => token(args),
+        Command::Serve(config) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(*config))
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let signer = match (&args.private_key, &args.secret) {
+        (Some(path), _) => {
+            let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Signer::private_key_pem(&pem)?
+        }
+        (None, Some(secret)) => Signer::secret(secret.as_bytes()),
+        (None, None) => match std::env::var("NEXTAUTH_SECRET") {
+            Ok(secret) if !secret.is_empty() => Signer::secret(secret.as_bytes()),
+            _ => anyhow::bail!("no signing key: set JWT_SECRET (or NEXTAUTH_SECRET), --secret or --private-key"),
+        },
+    };
+    let mut spec = TokenSpec::new(args.sub);
+    spec.roles = args.roles;
+    spec.ttl = Some(args.ttl);
+    spec.name = args.name;
+    spec.device = args.device;
+    spec.issuer = args.issuer;
+    spec.audience = args.audience;
+    println!("{}", signer.mint(&spec)?);
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (settings, generated) = config.resolve()?;
+    herald_server::telemetry::init_logging(&config.log_level, settings.json_logs);
+    let app = App::bind(settings).await?;
+    let address = app.local_addr()?;
+    if generated.jwt_secret.is_some() || generated.api_key.is_some() {
+        print_development_banner(&generated, address.port())?;
+    }
+    let running = app.spawn()?;
+    wait_for_signal().await;
+    tracing::info!("signal received");
+    running.shutdown();
+    running.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_development_banner(generated: &herald_server::config::Generated, port: u16) -> anyhow::Result<()> {
+    let mut lines =
+        vec!["Herald is running in DEVELOPMENT mode with generated secrets (never use them in production).".to_owned()];
+    if let Some(secret) = &generated.jwt_secret {
+        let token =
+            Signer::secret(secret.as_bytes()).mint(&TokenSpec::new("dev-user").ttl(Duration::from_secs(86_400)))?;
+        lines.push(format!("  JWT_SECRET={secret}"));
+        lines.push(format!("  token for user dev-user (24h): {token}"));
+        lines.push(format!("  connect: ws://127.0.0.1:{port}/ws?token={token}"));
+        lines.push(format!("  listen:  curl -N 'http://127.0.0.1:{port}/events?token={token}'"));
+    }
+    if let Some(api_key) = &generated.api_key {
+        lines.push(format!("  HERALD_API_KEY={api_key}"));
+        lines.push(format!(
+            "  publish: curl -X POST http://127.0.0.1:{port}/api/publish -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' -d '{{\"topic\":\"user:dev-user\",\"event\":\"notification\",\"data\":{{\"message\":\"hello\"}}}}'"
+        ));
+    }
+    eprintln!("{}", lines.join("\n"));
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

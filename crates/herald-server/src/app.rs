@@ -1,0 +1,233 @@
+//! Building and running one gateway: [`App::bind`] builds the state and binds the
+//! listener (reporting the address), [`App::spawn`] serves until shutdown and returns a
+//! [`Running`] handle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use herald_auth::Verifier;
+use herald_core::hub::HubLimits;
+use herald_core::{Broker, CloseReason, ErrorCode, Hub, MemoryBroker};
+use http::{HeaderValue, Method};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::config::Settings;
+use crate::http::{ApiError, ops, publish};
+use crate::limits::Admission;
+use crate::state::{AppState, Shared};
+use crate::telemetry;
+use crate::transport::{socketio, sse, ws};
+
+/// How often expired tokens and idle sessions are looked for.
+const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// A built gateway with its listener bound, not yet serving.
+pub struct App {
+    state: AppState,
+    io: SocketIo,
+    router: Router,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("local_addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the gateway on the memory broker and binds `settings.listen`.
+    pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
+        let hub = Hub::new(HubLimits { max_topics_per_session: settings.max_topics_per_session });
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        Self::bind_with(settings, hub, broker).await
+    }
+
+    /// Builds the gateway around a given hub and broker.
+    pub async fn bind_with(settings: Settings, hub: Hub, broker: Arc<dyn Broker>) -> anyhow::Result<Self> {
+        let verifier = Verifier::new(&settings.auth)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", settings.listen))?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("cannot listen on {address} for metrics: {error}"))?,
+            ),
+            None => None,
+        };
+        let admission =
+            Admission::new(settings.max_connections, settings.rate_limit_max_connections, settings.rate_limit_window);
+        let state = AppState(Arc::new(Shared {
+            hub,
+            broker,
+            verifier,
+            admission,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics: telemetry::prometheus(),
+            started_at: Instant::now(),
+            settings,
+        }));
+        let (io_layer, io) = SocketIo::builder()
+            .ping_interval(state.settings.socketio_ping_interval)
+            .ping_timeout(state.settings.socketio_ping_timeout)
+            .max_buffer_size(state.settings.socketio_buffer)
+            .max_payload(state.settings.max_payload as u64)
+            .ws_max_message_size(state.settings.max_payload)
+            .ws_max_frame_size(state.settings.max_payload)
+            .build_layer();
+        socketio::register(&io, state.clone());
+        let router = router(state.clone()).layer(io_layer).layer(cors(&state.settings.cors_origins));
+        Ok(Self { state, io, router, listener, metrics_listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until [`Running::shutdown`] (or the state's shutdown token) is triggered.
+    pub fn spawn(self) -> anyhow::Result<Running> {
+        let local_addr = self.listener.local_addr()?;
+        let state = self.state.clone();
+        let shutdown = state.shutdown.clone();
+        let sweeper = state.hub.clone().run_sweeper(SWEEP_PERIOD, state.settings.max_idle_time, shutdown.clone());
+        state.tasks.spawn(sweeper);
+        {
+            let state = state.clone();
+            state.tasks.clone().spawn(async move {
+                let mut ticker = tokio::time::interval(state.settings.rate_limit_window.max(Duration::from_secs(1)));
+                loop {
+                    tokio::select! {
+                        _ = state.shutdown.cancelled() => return,
+                        _ = ticker.tick() => state.admission.retain_recent(),
+                    }
+                }
+            });
+        }
+        if let Some(listener) = self.metrics_listener {
+            let ops_router = Router::new()
+                .route("/metrics", get(ops::metrics))
+                .route("/health", get(ops::health))
+                .route("/ready", get(ops::ready))
+                .with_state(state.clone());
+            let stop = shutdown.clone();
+            state.tasks.spawn(async move {
+                let served = axum::serve(listener, ops_router).with_graceful_shutdown(stop.cancelled_owned()).await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            });
+        }
+        let io = self.io;
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let listener = self.listener;
+        let serve_state = state.clone();
+        let handle = tokio::spawn(async move {
+            let stop = serve_state.shutdown.clone();
+            let server = axum::serve(listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
+            let server = tokio::spawn(async move { server.await });
+            stop.cancelled().await;
+            tracing::info!("shutting down: closing sessions");
+            let deadline = serve_state.settings.shutdown_timeout;
+            // Socket.IO clients get a disconnect packet; queued WebSocket and SSE events are
+            // flushed by their own tasks, which watch the same token.
+            if tokio::time::timeout(deadline, io.close()).await.is_err() {
+                tracing::warn!("socket.io sockets not closed before the deadline");
+            }
+            serve_state.hub.close_all(CloseReason::ServerShutdown);
+            serve_state.tasks.close();
+            if tokio::time::timeout(deadline, serve_state.tasks.wait()).await.is_err() {
+                tracing::warn!("connection tasks still running at the shutdown deadline");
+            }
+            match tokio::time::timeout(deadline, server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "server error"),
+                Ok(Err(error)) => tracing::error!(%error, "server task failed"),
+                Err(_) => tracing::warn!("http connections still open at the shutdown deadline"),
+            }
+        });
+        tracing::info!(%local_addr, "herald listening");
+        Ok(Running { local_addr, state, handle })
+    }
+}
+
+/// A serving gateway.
+pub struct Running {
+    local_addr: SocketAddr,
+    state: AppState,
+    handle: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Starts shutting down: stop accepting, tell clients, drain queues.
+    pub fn shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// Waits until the gateway has shut down.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.handle.await.map_err(|error| anyhow::anyhow!("gateway task failed: {error}"))
+    }
+}
+
+/// The HTTP routes (Socket.IO is added as a layer by [`App::bind_with`]).
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.settings.max_payload;
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/community/ws/health", get(ops::community_health))
+        .route("/api/publish", post(publish::publish))
+        .route("/ws", get(ws::canonical))
+        .route("/api/community/ws", get(ws::community))
+        .route("/events", get(sse::canonical))
+        .route("/notifications/events", get(sse::notifications))
+        .fallback(|| async {
+            ApiError::from_code(ErrorCode::UnknownEvent, "no such endpoint").with_status(http::StatusCode::NOT_FOUND)
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE]);
+    if origins.iter().any(|origin| origin == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)
+    }
+}

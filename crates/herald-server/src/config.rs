@@ -1,0 +1,357 @@
+//! Configuration: environment variables (the seeds' names where they exist), an optional
+//! TOML file, and command-line flags. Precedence: flags, then environment, then the file,
+//! then the built-in defaults.
+//!
+//! [`Config`] is what the command line and environment say; [`Settings`] is the resolved
+//! runtime configuration the gateway is built from (tests build it directly).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_auth::{AuthConfig, KeyConfig};
+
+/// Defaults, shared by the flags and [`Settings::default`].
+pub mod defaults {
+    pub const PORT: u16 = 8080;
+    pub const MAX_PAYLOAD: usize = 1024 * 1024;
+    pub const PING_INTERVAL_MS: u64 = 25_000;
+    pub const PING_TIMEOUT_MS: u64 = 20_000;
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 30_000;
+    pub const MAX_IDLE_TIME_MS: u64 = 1_800_000;
+    pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+    pub const RATE_LIMIT_WINDOW_MS: u64 = 60_000;
+    pub const RATE_LIMIT_MAX_CONNECTIONS: u32 = 0;
+    pub const MAX_CONNECTIONS: usize = 100_000;
+    pub const SESSION_QUEUE: usize = 256;
+    pub const SOCKETIO_BUFFER: usize = 256;
+    pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+    pub const JWT_LEEWAY_SECS: u64 = 5;
+    pub const MAX_TOPICS_PER_SESSION: usize = 1_000;
+}
+
+/// Everything `herald serve` can be told. Each flag also reads the environment variable
+/// named beside it; a TOML file given with `--config` may set any of them by the flag's
+/// name with underscores (e.g. `jwt_secret = "..."`, `socketio_ping_interval = 25000`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// TOML file with settings; flags and environment variables take precedence over it.
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Port for every transport, the HTTP API and the ops endpoints.
+    #[arg(long, env = "PORT", default_value_t = defaults::PORT)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub host: IpAddr,
+
+    /// Development mode: generates a JWT secret and an API key when none is configured
+    /// and prints a ready-to-use token and a curl example. Never use in production.
+    #[arg(long, env = "HERALD_DEV")]
+    pub dev: bool,
+
+    /// `production` switches logs to JSON; `development` implies --dev. Falls back to NODE_ENV.
+    #[arg(long = "environment", env = "HERALD_ENV")]
+    pub environment: Option<String>,
+
+    /// HMAC secret for HS256/384/512 tokens. NEXTAUTH_SECRET is read when this is unset.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Path to a PEM public key (RSA or EC) for RS256/ES256 tokens; replaces the secret.
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Seconds of clock skew tolerated on `exp`.
+    #[arg(long, env = "JWT_LEEWAY", default_value_t = defaults::JWT_LEEWAY_SECS)]
+    pub jwt_leeway: u64,
+
+    /// Bearer key for the server API (`POST /api/publish`).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Redis URL for the multi-node broker (not available in this version: startup fails
+    /// rather than silently running single-node).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// PostgreSQL URL for the store (not available in this version: startup fails rather
+    /// than silently using another store).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Allowed CORS origin(s), comma-separated; `*` allows any.
+    #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
+    pub cors_origin: String,
+
+    /// Log filter, e.g. `info` or `herald_server=debug,info`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Socket.IO (engine.io) ping interval, milliseconds.
+    #[arg(long, env = "SOCKETIO_PING_INTERVAL", default_value_t = defaults::PING_INTERVAL_MS)]
+    pub socketio_ping_interval: u64,
+
+    /// Socket.IO (engine.io) ping timeout, milliseconds.
+    #[arg(long, env = "SOCKETIO_PING_TIMEOUT", default_value_t = defaults::PING_TIMEOUT_MS)]
+    pub socketio_ping_timeout: u64,
+
+    /// Largest frame, message or request body accepted, bytes (all transports and the API).
+    #[arg(long, env = "SOCKETIO_MAX_BUFFER_SIZE", default_value_t = defaults::MAX_PAYLOAD)]
+    pub max_payload: usize,
+
+    /// Window of the per-IP connection rate limit, milliseconds.
+    #[arg(long, env = "RATE_LIMIT_CONNECTION_WINDOW", default_value_t = defaults::RATE_LIMIT_WINDOW_MS)]
+    pub rate_limit_connection_window: u64,
+
+    /// Connections one IP may open per window; 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT_MAX_CONNECTIONS", default_value_t = defaults::RATE_LIMIT_MAX_CONNECTIONS)]
+    pub rate_limit_max_connections: u32,
+
+    /// Most concurrent connections on this node; further ones get 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Close sessions without client activity for this long, milliseconds; 0 turns it off.
+    #[arg(long, env = "MAX_IDLE_TIME", default_value_t = defaults::MAX_IDLE_TIME_MS)]
+    pub max_idle_time: u64,
+
+    /// Plain WebSocket ping interval, milliseconds; a client that has not answered the
+    /// previous ping is terminated.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = defaults::HEARTBEAT_INTERVAL_MS)]
+    pub heartbeat_interval: u64,
+
+    /// Grace period for a Socket.IO client that connected without a token to send
+    /// `authenticate`, milliseconds.
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT", default_value_t = defaults::AUTH_TIMEOUT_MS)]
+    pub auth_timeout: u64,
+
+    /// Events queued per plain WebSocket or SSE session before it counts as a slow consumer.
+    #[arg(long, env = "HERALD_SESSION_QUEUE", default_value_t = defaults::SESSION_QUEUE)]
+    pub session_queue: usize,
+
+    /// Packets buffered per Socket.IO socket before it counts as a slow consumer.
+    #[arg(long, env = "HERALD_SOCKETIO_BUFFER", default_value_t = defaults::SOCKETIO_BUFFER)]
+    pub socketio_buffer: usize,
+
+    /// Most topics one session may subscribe to.
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_SESSION", default_value_t = defaults::MAX_TOPICS_PER_SESSION)]
+    pub max_topics_per_session: usize,
+
+    /// How long shutdown waits for queues to drain, milliseconds.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT", default_value_t = defaults::SHUTDOWN_TIMEOUT_MS)]
+    pub shutdown_timeout: u64,
+
+    /// Also serve /metrics, /health and /ready on METRICS_PORT.
+    #[arg(long, env = "METRICS_ENABLED")]
+    pub metrics_enabled: bool,
+
+    /// Port of the separate metrics listener (with METRICS_ENABLED).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+}
+
+/// Why a configuration cannot start a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no JWT key configured: set JWT_SECRET (or NEXTAUTH_SECRET) or JWT_PUBLIC_KEY, or start with --dev for a generated development secret"
+    )]
+    MissingJwtKey,
+    #[error("no API key configured: set HERALD_API_KEY, or start with --dev for a generated development key")]
+    MissingApiKey,
+    #[error("cannot read JWT public key {path}: {source}")]
+    PublicKey { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Key(#[from] herald_auth::KeyError),
+    #[error(
+        "{name} is set but this Herald version has no {what} backend yet; unset it to run single-node with the embedded defaults"
+    )]
+    Unsupported { name: &'static str, what: &'static str },
+    #[error("invalid CORS_ORIGIN {0:?}")]
+    Cors(String),
+}
+
+/// The resolved runtime configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub auth: AuthConfig,
+    pub api_key: String,
+    pub cors_origins: Vec<String>,
+    pub max_payload: usize,
+    pub socketio_ping_interval: Duration,
+    pub socketio_ping_timeout: Duration,
+    pub socketio_buffer: usize,
+    pub heartbeat_interval: Duration,
+    pub max_idle_time: Option<Duration>,
+    pub auth_timeout: Duration,
+    pub rate_limit_window: Duration,
+    pub rate_limit_max_connections: u32,
+    pub max_connections: usize,
+    pub session_queue: usize,
+    pub max_topics_per_session: usize,
+    pub shutdown_timeout: Duration,
+    pub json_logs: bool,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// Defaults with the given secret and API key, listening on 127.0.0.1:0 (tests, embedding).
+    pub fn new(jwt_secret: &str, api_key: &str) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            auth: AuthConfig { leeway_secs: defaults::JWT_LEEWAY_SECS, ..AuthConfig::secret(jwt_secret) },
+            api_key: api_key.to_owned(),
+            cors_origins: vec!["*".into()],
+            max_payload: defaults::MAX_PAYLOAD,
+            socketio_ping_interval: ms(defaults::PING_INTERVAL_MS),
+            socketio_ping_timeout: ms(defaults::PING_TIMEOUT_MS),
+            socketio_buffer: defaults::SOCKETIO_BUFFER,
+            heartbeat_interval: ms(defaults::HEARTBEAT_INTERVAL_MS),
+            max_idle_time: Some(ms(defaults::MAX_IDLE_TIME_MS)),
+            auth_timeout: ms(defaults::AUTH_TIMEOUT_MS),
+            rate_limit_window: ms(defaults::RATE_LIMIT_WINDOW_MS),
+            rate_limit_max_connections: defaults::RATE_LIMIT_MAX_CONNECTIONS,
+            max_connections: defaults::MAX_CONNECTIONS,
+            session_queue: defaults::SESSION_QUEUE,
+            max_topics_per_session: defaults::MAX_TOPICS_PER_SESSION,
+            shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
+            json_logs: false,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// What development mode generated, to be printed for the developer.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+}
+
+impl Config {
+    fn is_development(&self) -> bool {
+        self.dev || self.environment().is_some_and(|env| env.eq_ignore_ascii_case("development"))
+    }
+
+    /// `HERALD_ENV`, falling back to `NODE_ENV`.
+    pub fn environment(&self) -> Option<String> {
+        self.environment.clone().or_else(|| std::env::var("NODE_ENV").ok())
+    }
+
+    /// The HMAC secret: `JWT_SECRET`, falling back to `NEXTAUTH_SECRET`.
+    pub fn jwt_secret(&self) -> Option<String> {
+        self.jwt_secret.clone().or_else(|| std::env::var("NEXTAUTH_SECRET").ok()).filter(|s| !s.is_empty())
+    }
+
+    /// Resolves the runtime settings; in development mode fills in missing secrets.
+    pub fn resolve(&self) -> Result<(Settings, Generated), ConfigError> {
+        if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
+            return Err(ConfigError::Unsupported { name: "REDIS_URL", what: "Redis broker" });
+        }
+        if self.database_url.as_deref().is_some_and(|url| !url.is_empty()) {
+            return Err(ConfigError::Unsupported { name: "DATABASE_URL", what: "PostgreSQL store" });
+        }
+        let development = self.is_development();
+        let mut generated = Generated::default();
+        let key = match (&self.jwt_public_key, self.jwt_secret()) {
+            (Some(path), _) => KeyConfig::PublicKeyPem(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::PublicKey { path: path.clone(), source })?,
+            ),
+            (None, Some(secret)) => KeyConfig::Secret(secret.into_bytes()),
+            (None, None) if development => {
+                let secret = random_hex(32);
+                generated.jwt_secret = Some(secret.clone());
+                KeyConfig::Secret(secret.into_bytes())
+            }
+            (None, None) => return Err(ConfigError::MissingJwtKey),
+        };
+        let api_key = match self.api_key.clone().filter(|k| !k.is_empty()) {
+            Some(key) => key,
+            None if development => {
+                let key = random_hex(24);
+                generated.api_key = Some(key.clone());
+                key
+            }
+            None => return Err(ConfigError::MissingApiKey),
+        };
+        let cors_origins: Vec<String> =
+            self.cors_origin.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+        for origin in &cors_origins {
+            if origin != "*" && http::HeaderValue::from_str(origin).is_err() {
+                return Err(ConfigError::Cors(origin.clone()));
+            }
+        }
+        let ms = Duration::from_millis;
+        let settings = Settings {
+            listen: SocketAddr::new(self.host, self.port),
+            auth: AuthConfig {
+                key,
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+                leeway_secs: self.jwt_leeway,
+                require_exp: true,
+            },
+            api_key,
+            cors_origins,
+            max_payload: self.max_payload,
+            socketio_ping_interval: ms(self.socketio_ping_interval),
+            socketio_ping_timeout: ms(self.socketio_ping_timeout),
+            socketio_buffer: self.socketio_buffer.max(1),
+            heartbeat_interval: ms(self.heartbeat_interval.max(100)),
+            max_idle_time: (self.max_idle_time > 0).then(|| ms(self.max_idle_time)),
+            auth_timeout: ms(self.auth_timeout),
+            rate_limit_window: ms(self.rate_limit_connection_window.max(1)),
+            rate_limit_max_connections: self.rate_limit_max_connections,
+            max_connections: self.max_connections,
+            session_queue: self.session_queue.max(1),
+            max_topics_per_session: self.max_topics_per_session.max(2),
+            shutdown_timeout: ms(self.shutdown_timeout),
+            json_logs: self.environment().is_some_and(|env| env.eq_ignore_ascii_case("production")),
+            metrics_listen: self.metrics_enabled.then(|| SocketAddr::new(self.host, self.metrics_port)),
+        };
+        Ok((settings, generated))
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Applies a TOML file's values as defaults of the matching flags of `command`, so that
+/// environment variables and flags still win. Keys are flag names with underscores.
+pub fn apply_toml_defaults(command: clap::Command, toml_text: &str) -> Result<clap::Command, String> {
+    let table: toml::Table = toml_text.parse().map_err(|e| format!("invalid TOML: {e}"))?;
+    let mut command = command;
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        if !command.get_arguments().any(|arg| arg.get_id() == id.as_str()) {
+            return Err(format!("unknown setting {key:?} in config file"));
+        }
+        let text = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            other => return Err(format!("setting {key:?} must be a string, number or boolean, not {other}")),
+        };
+        command = command.mut_arg(id, |arg| arg.default_value(text));
+    }
+    Ok(command)
+}

@@ -1,0 +1,65 @@
+//! Liveness, readiness, Prometheus metrics and seed 001's health JSON.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// `GET /health`: the process is up.
+pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "uptimeSeconds": state.started_at.elapsed().as_secs()}))
+}
+
+/// `GET /ready`: the broker (and, once it exists, the store) can be reached; 503 otherwise
+/// or while shutting down.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let broker_ready = state.broker.is_ready();
+    let shutting_down = state.shutdown.is_cancelled();
+    let ready = broker_ready && !shutting_down;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": ready,
+        "shuttingDown": shutting_down,
+        "broker": {"kind": state.broker.kind(), "ready": broker_ready},
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = state.hub.stats();
+    metrics::gauge!("herald_unique_users").set(stats.unique_users as f64);
+    metrics::gauge!("herald_topics_active").set(stats.topics as f64);
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+/// `GET /api/community/ws/health`: seed 001's health document.
+pub async fn community_health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let stats = state.hub.stats();
+    let average = if stats.unique_users == 0 { 0.0 } else { stats.connections as f64 / stats.unique_users as f64 };
+    let broker_ready = state.broker.is_ready();
+    Json(json!({
+        "success": true,
+        "data": {
+            "websocket": {
+                "totalConnections": stats.connections,
+                "uniqueUsers": stats.unique_users,
+                "averageConnectionsPerUser": (average * 100.0).round() / 100.0,
+                "isHealthy": !state.shutdown.is_cancelled(),
+            },
+            "pubsub": {
+                "isHealthy": broker_ready,
+                "publisherConnected": broker_ready,
+                "subscriberConnected": broker_ready,
+                "subscribedChannels": stats.topics,
+                "totalSubscriptions": stats.subscriptions,
+            },
+            "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        }
+    }))
+}

@@ -1,0 +1,86 @@
+//! The state every handler shares: a cheap-to-clone handle over one `Arc<Shared>`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ConnectInfo;
+use herald_auth::{AuthError, Verifier};
+use herald_core::{Broker, Hub, Principal};
+use http::HeaderMap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::limits::Admission;
+
+/// Everything shared by the transports, the HTTP API and the ops endpoints.
+pub struct Shared {
+    pub settings: Settings,
+    /// Local sessions and subscriptions.
+    pub hub: Hub,
+    /// Where publications go; the only path to other nodes.
+    pub broker: Arc<dyn Broker>,
+    /// Verifies each connection's token once.
+    pub verifier: Verifier,
+    /// Connection cap and per-IP rate.
+    pub admission: Admission,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to drain.
+    pub tasks: TaskTracker,
+    pub metrics: PrometheusHandle,
+    pub started_at: Instant,
+}
+
+/// A cheap-to-clone handle on [`Shared`].
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("listen", &self.settings.listen).finish_non_exhaustive()
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// Finds a token in `Authorization: Bearer …` or the `token` query parameter.
+pub fn token_from_request(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let from_header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty());
+    from_header.or_else(|| query_param(query, "token"))
+}
+
+/// One decoded query parameter.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let pairs: HashMap<String, String> = serde_urlencoded::from_str(query?).ok()?;
+    pairs.get(name).cloned().filter(|value| !value.is_empty())
+}
+
+/// The peer address axum recorded for this request, if any.
+pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+impl Shared {
+    /// Verifies a token that may be absent.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        match token {
+            Some(token) => self.verifier.verify(token),
+            None => Err(AuthError::missing()),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Server-Sent Events at `/events` (canonical: `id:`/`event:`/`data:`) and
+//! `/notifications/events` (seed 002: `data: {"type", "data"}` read by `onmessage`).
+//!
+//! The token comes from `Authorization: Bearer` or `?token=`. Keep-alive comments are
+//! sent every `HEARTBEAT_INTERVAL`. When the server ends the session it sends an `error`
+//! message with `{code, message}` and closes the stream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream;
+use herald_core::metrics as m;
+use herald_core::{CloseReason, Delivery, SessionGuard};
+use http::{HeaderMap, HeaderValue, header};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Interval;
+
+use super::{CloseSignal, QueueOutlet};
+use crate::http::ApiError;
+use crate::limits::ConnectionPermit;
+use crate::state::{AppState, token_from_request};
+use crate::wire::{self, Dialect};
+
+/// How long a browser waits before reconnecting, announced once per stream.
+const RETRY_MS: u64 = 3_000;
+
+/// `GET /events`.
+pub async fn canonical(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
+    accept(state, peer, headers, query, Dialect::Canonical)
+}
+
+/// `GET /notifications/events`.
+pub async fn notifications(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
+    accept(state, peer, headers, query, Dialect::Notifications)
+}
+
+/// The state one SSE stream carries between polls.
+struct StreamState {
+    state: AppState,
+    session: SessionGuard,
+    signal: Arc<CloseSignal>,
+    queue: mpsc::Receiver<Arc<Delivery>>,
+    keep_alive: Interval,
+    dialect: Dialect,
+    /// The opening bytes, sent before anything else.
+    opening: Option<Bytes>,
+    finished: bool,
+    _permit: ConnectionPermit,
+}
+
+fn accept(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    dialect: Dialect,
+) -> Response {
+    let principal = match state.authenticate(token_from_request(&headers, query.as_deref()).as_deref()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => error.code.as_str()).increment(1);
+            return ApiError::from_code(error.code, error.message).into_response();
+        }
+    };
+    let permit = match state.admission.admit(Some(peer.ip())) {
+        Ok(permit) => permit,
+        Err(refused) => return ApiError::from_code(refused.0, "connection refused by limits").into_response(),
+    };
+    let (outlet, queue, signal) = QueueOutlet::channel(state.settings.session_queue);
+    let session = state.hub.register(principal, "sse", outlet);
+    let mut opening = format!("retry: {RETRY_MS}\n\n");
+    if dialect == Dialect::Canonical {
+        let hello = json!({"userId": session.principal().user_id.as_str(), "sessionId": session.id().to_string()});
+        opening.push_str(&String::from_utf8_lossy(&wire::sse_message(None, Some("connected"), &hello.to_string())));
+    }
+    let mut keep_alive = tokio::time::interval(state.settings.heartbeat_interval);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keep_alive.reset();
+    let stream_state = StreamState {
+        state: state.clone(),
+        session,
+        signal,
+        queue,
+        keep_alive,
+        dialect,
+        opening: Some(Bytes::from(opening)),
+        finished: false,
+        _permit: permit,
+    };
+    let body = stream::unfold(stream_state, next_chunk);
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn closing_message(reason: CloseReason, dialect: Dialect) -> Bytes {
+    let payload = json!({"code": reason.as_str(), "message": reason.message()}).to_string();
+    match dialect {
+        Dialect::Notifications => wire::sse_message(None, None, &wire::typed_data("error", &payload)),
+        _ => wire::sse_message(None, Some("error"), &payload),
+    }
+}
+
+async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
+    if s.finished {
+        return None;
+    }
+    if let Some(opening) = s.opening.take() {
+        return Some((Ok(opening), s));
+    }
+    tokio::select! {
+        biased;
+        _ = s.signal.closed() => {
+            s.finished = true;
+            let reason = s.signal.reason().unwrap_or(CloseReason::ServerShutdown);
+            Some((Ok(closing_message(reason, s.dialect)), s))
+        }
+        _ = s.state.shutdown.cancelled() => {
+            // Drain what is queued, then end the stream.
+            let mut chunk = Vec::new();
+            while let Ok(delivery) = s.queue.try_recv() {
+                chunk.extend_from_slice(&wire::sse_encoded(&delivery, s.dialect));
+            }
+            chunk.extend_from_slice(&closing_message(CloseReason::ServerShutdown, s.dialect));
+            s.finished = true;
+            tracing::debug!(session = %s.session.id(), "sse stream closed for shutdown");
+            Some((Ok(Bytes::from(chunk)), s))
+        }
+        Some(delivery) = s.queue.recv() => {
+            s.session.touch();
+            let first = wire::sse_encoded(&delivery, s.dialect);
+            let chunk = match s.queue.try_recv() {
+                Err(_) => first,
+                Ok(second) => {
+                    let mut batch = first.to_vec();
+                    batch.extend_from_slice(&wire::sse_encoded(&second, s.dialect));
+                    while let Ok(next) = s.queue.try_recv() {
+                        batch.extend_from_slice(&wire::sse_encoded(&next, s.dialect));
+                        if batch.len() > 64 * 1024 {
+                            break;
+                        }
+                    }
+                    Bytes::from(batch)
+                }
+            };
+            Some((Ok(chunk), s))
+        }
+        _ = s.keep_alive.tick() => {
+            // An SSE client never sends; the stream being read is its activity.
+            s.session.touch();
+            Some((Ok(Bytes::from_static(b": keep-alive\n\n")), s))
+        }
+    }
+}

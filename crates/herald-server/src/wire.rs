@@ -1,0 +1,173 @@
+//! Wire formats and dialects: how one event looks on each endpoint.
+//!
+//! Herald has one canonical vocabulary (seed 003's colon names plus
+//! `notification:unread-count`). A [`Dialect`] renames events at the edge for clients
+//! written against another seed; the renaming is a table, not scattered conditionals.
+//! Each (transport, dialect) pair that frames bytes itself owns one [`FormatSlot`], so a
+//! delivery is framed at most once per format whatever the number of recipients.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::{Delivery, Event, FormatSlot};
+
+/// Naming conventions of the seeds' clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Canonical names (`/ws`, Socket.IO `/`, SSE `/events`).
+    Canonical,
+    /// Seed 001 (VELONX community): upper-case names at `/api/community/ws`.
+    Community,
+    /// Seed 002 (GhostPay): Socket.IO `/notifications` and SSE `/notifications/events`.
+    Notifications,
+}
+
+/// Canonical name → seed 001 name.
+const COMMUNITY_NAMES: &[(&str, &str)] = &[
+    ("message:new", "CHAT_MESSAGE"),
+    ("message:edit", "MESSAGE_EDIT"),
+    ("message:delete", "MESSAGE_DELETE"),
+    ("message:typing", "TYPING"),
+    ("chat:member-joined", "USER_JOINED"),
+    ("chat:member-left", "USER_LEFT"),
+    ("pong", "PONG"),
+];
+
+/// Canonical name → seed 002 name.
+const NOTIFICATION_NAMES: &[(&str, &str)] =
+    &[("notification:new", "notification"), ("notification:unread-count", "unread_count")];
+
+impl Dialect {
+    fn table(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Dialect::Canonical => &[],
+            Dialect::Community => COMMUNITY_NAMES,
+            Dialect::Notifications => NOTIFICATION_NAMES,
+        }
+    }
+
+    /// The name a client of this dialect knows `canonical` by. Names without an entry
+    /// (including producer-chosen ones) pass unchanged.
+    pub fn outgoing<'a>(self, canonical: &'a str) -> &'a str {
+        self.table().iter().find(|(from, _)| *from == canonical).map_or(canonical, |(_, to)| to)
+    }
+
+    /// The canonical name of an incoming `name` in this dialect.
+    pub fn incoming<'a>(self, name: &'a str) -> &'a str {
+        self.table().iter().find(|(_, to)| *to == name).map_or(name, |(from, _)| from)
+    }
+}
+
+/// `{"type": NAME, "payload": DATA}` for `/ws`.
+pub const WS_CANONICAL: FormatSlot = FormatSlot::new(0);
+/// `{"type": NAME, "payload": DATA}` with seed 001 names for `/api/community/ws`.
+pub const WS_COMMUNITY: FormatSlot = FormatSlot::new(1);
+/// `id:`/`event:`/`data:` for SSE `/events`.
+pub const SSE_CANONICAL: FormatSlot = FormatSlot::new(2);
+/// `id:` and `data: {"type": NAME, "data": DATA}` for seed 002's `/notifications/events`.
+pub const SSE_NOTIFICATIONS: FormatSlot = FormatSlot::new(3);
+
+/// Writes `text` as a JSON string.
+fn put_json_string(buffer: &mut BytesMut, text: &str) {
+    let mut writer = buffer.writer();
+    // Writing a &str into a Vec-like buffer cannot fail.
+    if serde_json::to_writer(&mut writer, text).is_err() {
+        writer.get_mut().put_slice(b"\"\"");
+    }
+}
+
+/// A plain WebSocket text frame's body: `{"type":NAME,"payload":DATA}`.
+pub fn ws_frame(name: &str, data: &str) -> Bytes {
+    let mut buffer = BytesMut::with_capacity(24 + name.len() + data.len());
+    buffer.put_slice(b"{\"type\":");
+    put_json_string(&mut buffer, name);
+    buffer.put_slice(b",\"payload\":");
+    buffer.put_slice(data.as_bytes());
+    buffer.put_u8(b'}');
+    buffer.freeze()
+}
+
+/// The cached plain WebSocket encoding of a delivery for `dialect`.
+pub fn ws_encoded(delivery: &Delivery, dialect: Dialect) -> Bytes {
+    let slot = if dialect == Dialect::Community { WS_COMMUNITY } else { WS_CANONICAL };
+    delivery.encoded(slot, |event: &Event| ws_frame(dialect.outgoing(event.name()), event.data().get()))
+}
+
+/// One SSE message. `data` must be on one line (events guarantee it).
+pub fn sse_message(id: Option<u64>, name: Option<&str>, data: &str) -> Bytes {
+    let mut buffer = BytesMut::with_capacity(32 + data.len());
+    if let Some(id) = id {
+        buffer.put_slice(format!("id: {id}\n").as_bytes());
+    }
+    if let Some(name) = name {
+        buffer.put_slice(b"event: ");
+        buffer.put_slice(name.as_bytes());
+        buffer.put_u8(b'\n');
+    }
+    buffer.put_slice(b"data: ");
+    buffer.put_slice(data.as_bytes());
+    buffer.put_slice(b"\n\n");
+    buffer.freeze()
+}
+
+/// Seed 002's SSE message body: `{"type":NAME,"data":DATA}`.
+pub fn typed_data(name: &str, data: &str) -> String {
+    let mut buffer = BytesMut::with_capacity(24 + name.len() + data.len());
+    buffer.put_slice(b"{\"type\":");
+    put_json_string(&mut buffer, name);
+    buffer.put_slice(b",\"data\":");
+    buffer.put_slice(data.as_bytes());
+    buffer.put_u8(b'}');
+    String::from_utf8_lossy(&buffer).into_owned()
+}
+
+/// The cached SSE encoding of a delivery for `dialect`.
+pub fn sse_encoded(delivery: &Delivery, dialect: Dialect) -> Bytes {
+    let id = delivery.id();
+    match dialect {
+        Dialect::Notifications => delivery.encoded(SSE_NOTIFICATIONS, |event: &Event| {
+            sse_message(Some(id), None, &typed_data(dialect.outgoing(event.name()), event.data().get()))
+        }),
+        _ => delivery.encoded(SSE_CANONICAL, |event: &Event| {
+            sse_message(Some(id), Some(dialect.outgoing(event.name())), event.data().get())
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn delivery(name: &str, data: serde_json::Value) -> Delivery {
+        Delivery::new(Event::from_value(name, &data).unwrap())
+    }
+
+    #[test]
+    fn ws_frames_are_json_objects_with_type_and_payload() {
+        let frame = ws_encoded(&delivery("notification", json!({"id": "1"})), Dialect::Canonical);
+        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(value, json!({"type": "notification", "payload": {"id": "1"}}));
+    }
+
+    #[test]
+    fn dialects_rename_only_what_their_table_lists() {
+        assert_eq!(Dialect::Community.outgoing("message:new"), "CHAT_MESSAGE");
+        assert_eq!(Dialect::Community.incoming("TYPING"), "message:typing");
+        assert_eq!(Dialect::Community.outgoing("notification"), "notification");
+        assert_eq!(Dialect::Notifications.outgoing("notification:unread-count"), "unread_count");
+        assert_eq!(Dialect::Canonical.outgoing("notification:new"), "notification:new");
+        let frame = ws_encoded(&delivery("message:new", json!({})), Dialect::Community);
+        assert!(frame.starts_with(b"{\"type\":\"CHAT_MESSAGE\""));
+    }
+
+    #[test]
+    fn sse_messages_carry_id_event_and_one_data_line() {
+        let delivery = delivery("notification", json!({"a": "x\ny"}));
+        let text = String::from_utf8(sse_encoded(&delivery, Dialect::Canonical).to_vec()).unwrap();
+        assert_eq!(text, format!("id: {}\nevent: notification\ndata: {{\"a\":\"x\\ny\"}}\n\n", delivery.id()));
+        let text = String::from_utf8(sse_encoded(&delivery, Dialect::Notifications).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            format!("id: {}\ndata: {{\"type\":\"notification\",\"data\":{{\"a\":\"x\\ny\"}}}}\n\n", delivery.id())
+        );
+    }
+}
