@@ -128,10 +128,13 @@ pub struct HubStats {
     pub subscriptions: usize,
 }
 
+/// The local sessions subscribed to one topic, with the outlet to reach each.
+type Subscribers = HashMap<SessionId, Arc<dyn Outlet>>;
+
 struct Inner {
     limits: HubLimits,
     sessions: RwLock<HashMap<SessionId, SessionEntry>>,
-    topics: RwLock<HashMap<Topic, HashMap<SessionId, Arc<dyn Outlet>>>>,
+    topics: RwLock<HashMap<Topic, Subscribers>>,
     /// Connections per user, for unique-user figures and presence.
     users: Mutex<HashMap<UserId, usize>>,
     /// Sessions ordered by token expiry (Unix seconds), for the sweeper.

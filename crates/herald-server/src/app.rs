@@ -145,16 +145,26 @@ impl App {
             stop.cancelled().await;
             tracing::info!("shutting down: closing sessions");
             let deadline = serve_state.settings.shutdown_timeout;
-            // Socket.IO clients get a disconnect packet; queued WebSocket and SSE events are
-            // flushed by their own tasks, which watch the same token.
-            if tokio::time::timeout(deadline, io.close()).await.is_err() {
+            // Socket.IO clients get a namespace disconnect packet after what is already in
+            // their buffer; queued WebSocket and SSE events are flushed by their own tasks,
+            // which watch the same token.
+            let disconnect_sockets = async {
+                for namespace in io.nsps() {
+                    if let Err(error) = namespace.disconnect().await {
+                        tracing::debug!(?error, "socket.io namespace disconnect");
+                    }
+                }
+                io.close().await;
+            };
+            if tokio::time::timeout(deadline, disconnect_sockets).await.is_err() {
                 tracing::warn!("socket.io sockets not closed before the deadline");
             }
-            serve_state.hub.close_all(CloseReason::ServerShutdown);
             serve_state.tasks.close();
             if tokio::time::timeout(deadline, serve_state.tasks.wait()).await.is_err() {
                 tracing::warn!("connection tasks still running at the shutdown deadline");
             }
+            // Anything still registered (a connection that did not notice) is closed now.
+            serve_state.hub.close_all(CloseReason::ServerShutdown);
             match tokio::time::timeout(deadline, server).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => tracing::error!(%error, "server error"),

@@ -46,12 +46,12 @@ impl Dialect {
 
     /// The name a client of this dialect knows `canonical` by. Names without an entry
     /// (including producer-chosen ones) pass unchanged.
-    pub fn outgoing<'a>(self, canonical: &'a str) -> &'a str {
+    pub fn outgoing(self, canonical: &str) -> &str {
         self.table().iter().find(|(from, _)| *from == canonical).map_or(canonical, |(_, to)| to)
     }
 
     /// The canonical name of an incoming `name` in this dialect.
-    pub fn incoming<'a>(self, name: &'a str) -> &'a str {
+    pub fn incoming(self, name: &str) -> &str {
         self.table().iter().find(|(_, to)| *to == name).map_or(name, |(from, _)| from)
     }
 }

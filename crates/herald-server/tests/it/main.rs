@@ -1,0 +1,11 @@
+#![allow(clippy::unwrap_used)]
+//! Herald's behaviour tests: a real gateway on 127.0.0.1:0, real clients
+//! (tokio-tungstenite, reqwest + eventsource-stream, the npm socket.io-client).
+
+mod limits;
+mod ops;
+mod publish;
+mod socketio;
+mod sse;
+mod support;
+mod ws;

@@ -1,0 +1,33 @@
+//! Helpers shared by the behaviour tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use herald_testkit::{TestGateway, WAIT};
+use serde_json::Value;
+
+/// Polls `condition` until it holds (every 20 ms, at most [`WAIT`]). For state that is
+/// only observable from outside (e.g. the server noticing a dead peer), not a sleep.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connections the gateway counts right now (seed 001's health document).
+pub async fn connection_count(gateway: &TestGateway) -> u64 {
+    let (_, body) = gateway.get_json("/api/community/ws/health").await;
+    body["data"]["websocket"]["totalConnections"].as_u64().expect("totalConnections")
+}
+
+/// A publish that must be accepted.
+pub async fn publish_ok(gateway: &TestGateway, body: Value) {
+    let (status, response) = gateway.publish(body).await;
+    assert_eq!(status, 202, "{response}");
+}

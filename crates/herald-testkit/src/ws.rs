@@ -1,0 +1,115 @@
+//! A tokio-tungstenite client speaking Herald's `{type, payload}` frames.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::within;
+
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How the server ended a connection.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// A close frame with this code and reason.
+    Closed(u16, String),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let (stream, _) = connect_async(url).await?;
+        Ok(Self { stream })
+    }
+
+    /// Connects with a tiny socket receive buffer (which turns off the kernel's
+    /// autotuning), so a client that stops reading makes the server's writes back up
+    /// after kilobytes rather than tens of megabytes.
+    pub async fn connect_with_small_window(url: &str) -> Result<Self, Error> {
+        let address = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .and_then(|host| host.parse::<std::net::SocketAddr>().ok())
+            .expect("ws://IP:PORT/... url");
+        let socket = tokio::net::TcpSocket::new_v4().map_err(Error::Io)?;
+        socket.set_recv_buffer_size(4096).map_err(Error::Io)?;
+        let stream = socket.connect(address).await.map_err(Error::Io)?;
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(Self { stream })
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.expect("frame sent");
+    }
+
+    pub async fn send_message(&mut self, message: Message) -> Result<(), Error> {
+        self.stream.send(message).await
+    }
+
+    /// The next JSON text frame (pings are answered by tungstenite and skipped).
+    pub async fn next_json(&mut self) -> Value {
+        within("a websocket frame", async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).expect("frame is JSON"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads frames until one of type `kind` arrives; returns its payload. Frames of
+    /// other types before it are returned in `skipped` order via panic message on timeout.
+    pub async fn next_event(&mut self, kind: &str) -> Value {
+        let mut skipped = Vec::new();
+        let found = tokio::time::timeout(crate::WAIT, async {
+            loop {
+                let frame = self.next_json().await;
+                if frame["type"] == kind {
+                    return frame["payload"].clone();
+                }
+                skipped.push(frame);
+            }
+        })
+        .await;
+        match found {
+            Ok(payload) => payload,
+            Err(_) => panic!("no {kind:?} frame; got instead: {skipped:?}"),
+        }
+    }
+
+    /// Reads until the server ends the connection; returns how it ended.
+    pub async fn ended(&mut self) -> Ended {
+        within("the connection to end", async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                        return Ended::Closed(code.into(), reason.to_string());
+                    }
+                    Some(Ok(Message::Close(None))) => return Ended::Closed(1005, String::new()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Ended::Dropped,
+                }
+            }
+        })
+        .await
+    }
+
+    /// The raw stream, for tests that need tungstenite directly.
+    pub fn stream(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.stream
+    }
+}
