@@ -4,12 +4,16 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Installs the global tracing subscriber: JSON lines in production, readable text
-/// otherwise, filtered by `log_level` (an `EnvFilter` directive such as `info`).
+/// Installs the global tracing subscriber, writing to stdout: JSON lines in production,
+/// readable text otherwise (coloured only on a terminal), filtered by `log_level` (an `EnvFilter` directive such as `info`).
 pub fn init_logging(log_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = if json { builder.json().try_init() } else { builder.try_init() };
     if result.is_err() {
         tracing::debug!("a tracing subscriber was already installed");

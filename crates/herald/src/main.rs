@@ -175,7 +175,7 @@ fn print_development_banner(generated: &herald_server::config::Generated, port: 
             "  publish: curl -X POST http://127.0.0.1:{port}/api/publish -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' -d '{{\"topic\":\"user:dev-user\",\"event\":\"notification\",\"data\":{{\"message\":\"hello\"}}}}'"
         ));
     }
-    eprintln!("{}", lines.join("\n"));
+    println!("{}", lines.join("\n"));
     Ok(())
 }
 

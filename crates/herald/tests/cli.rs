@@ -1,0 +1,184 @@
+//! The `herald` binary as a user runs it: help, refusals, development mode, config file
+//! precedence, token minting and SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use herald_testkit::{Ended, WsClient};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Environment variables that would change what these tests expect.
+const CLEARED: &[&str] = &[
+    "JWT_SECRET", "NEXTAUTH_SECRET", "JWT_PUBLIC_KEY", "HERALD_API_KEY", "REDIS_URL", "DATABASE_URL", "PORT",
+    "HERALD_ENV", "NODE_ENV", "HERALD_DEV", "HERALD_CONFIG", "HOST", "METRICS_ENABLED",
+];
+
+fn herald() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for name in CLEARED {
+        command.env_remove(name);
+    }
+    command.env("HOST", "127.0.0.1").env("LOG_LEVEL", "info").kill_on_drop(true);
+    command
+}
+
+async fn output(command: &mut Command) -> (i32, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_documents_every_option() {
+    let (code, stdout, _) = output(herald().arg("--help")).await;
+    assert_eq!(code, 0);
+    for name in [
+        "PORT", "JWT_SECRET", "JWT_PUBLIC_KEY", "HERALD_API_KEY", "REDIS_URL", "DATABASE_URL", "CORS_ORIGIN", "LOG_LEVEL",
+        "SOCKETIO_PING_INTERVAL", "SOCKETIO_PING_TIMEOUT", "SOCKETIO_MAX_BUFFER_SIZE", "RATE_LIMIT_CONNECTION_WINDOW",
+        "RATE_LIMIT_MAX_CONNECTIONS", "MAX_IDLE_TIME", "HEARTBEAT_INTERVAL", "METRICS_ENABLED", "METRICS_PORT", "--dev",
+        "--config",
+    ] {
+        assert!(stdout.contains(name), "--help lacks {name}:\n{stdout}");
+    }
+    let (code, stdout, _) = output(herald().args(["token", "--help"])).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("--sub") && stdout.contains("--ttl") && stdout.contains("--roles"));
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_a_secret_outside_development_mode() {
+    let (code, _, stderr) = output(herald().env("PORT", "0")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("JWT_SECRET") && stderr.contains("--dev"), "{stderr}");
+
+    let (code, _, stderr) = output(herald().env("PORT", "0").env("JWT_SECRET", "s")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("HERALD_API_KEY"), "{stderr}");
+}
+
+#[tokio::test]
+async fn refuses_backends_it_does_not_have_rather_than_falling_back() {
+    let (code, _, stderr) = output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "redis://127.0.0.1:1")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn token_subcommand_mints_a_verifiable_jwt() {
+    let (code, stdout, stderr) =
+        output(herald().args(["token", "--sub", "alice", "--roles", "admin,ops", "--ttl", "2h"]).env("JWT_SECRET", "cli-secret"))
+            .await;
+    assert_eq!(code, 0, "{stderr}");
+    let verifier = herald_auth::Verifier::new(&herald_auth::AuthConfig::secret("cli-secret")).unwrap();
+    let principal = verifier.verify(stdout.trim()).unwrap();
+    assert_eq!(principal.user_id.as_str(), "alice");
+    assert_eq!(principal.roles, ["admin", "ops"]);
+    let (code, _, stderr) = output(herald().args(["token", "--sub", "alice"])).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+}
+
+/// A running `herald` process and what it printed at startup.
+struct Server {
+    child: Child,
+    port: u16,
+    banner: Vec<String>,
+}
+
+/// Starts `command` and reads its stdout (banner and logs) until the listening line.
+async fn start(mut command: Command) -> Server {
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("PORT", "0");
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("local_addr=").nth(1) {
+                let address: std::net::SocketAddr = rest.trim().trim_matches('"').parse().unwrap();
+                return address.port();
+            }
+            banner.push(line);
+        }
+        panic!("herald exited before listening: {banner:?}");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server { child, port, banner }
+}
+
+fn banner_value(banner: &[String], key: &str) -> String {
+    banner.iter().find_map(|line| line.split(key).nth(1)).unwrap_or_else(|| panic!("{key} not in {banner:?}")).trim().to_owned()
+}
+
+async fn publish(port: u16, key: &str, body: serde_json::Value) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/publish"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn development_mode_prints_a_working_token_and_sigterm_exits_cleanly() {
+    let mut server = start({
+        let mut command = herald();
+        command.arg("--dev");
+        command
+    })
+    .await;
+    let token = banner_value(&server.banner, "token for user dev-user (24h): ");
+    let api_key = banner_value(&server.banner, "HERALD_API_KEY=");
+    let mut client = WsClient::connect(&format!("ws://127.0.0.1:{}/ws?token={token}", server.port)).await.unwrap();
+    client.next_event("connected").await;
+    assert_eq!(publish(server.port, &api_key, json!({"topic": "user:dev-user", "data": {"hello": 1}})).await, 202);
+    assert_eq!(client.next_json().await, json!({"type": "notification", "payload": {"hello": 1}}));
+
+    let pid = server.child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    assert_eq!(client.ended().await, Ended::Closed(1001, "server shutting down".into()));
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn config_file_values_apply_and_flags_override_them() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("herald.toml");
+    std::fs::write(&path, "jwt_secret = \"file-secret\"\napi_key = \"file-key\"\nheartbeat_interval = 15000\n").unwrap();
+
+    let mut server = start({
+        let mut command = herald();
+        command.arg("--config").arg(&path);
+        command
+    })
+    .await;
+    assert_eq!(publish(server.port, "file-key", json!({"topic": "global"})).await, 202);
+    server.child.kill().await.unwrap();
+
+    let mut server = start({
+        let mut command = herald();
+        command.arg("--config").arg(&path).args(["--api-key", "flag-key"]);
+        command
+    })
+    .await;
+    assert_eq!(publish(server.port, "flag-key", json!({"topic": "global"})).await, 202);
+    assert_eq!(publish(server.port, "file-key", json!({"topic": "global"})).await, 401);
+    server.child.kill().await.unwrap();
+
+    std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+    let (code, _, stderr) = output(herald().arg("--config").arg(&path)).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no_such_setting"), "{stderr}");
+}
