@@ -79,3 +79,30 @@ async fn shutdown_tells_every_client_and_drains() {
     assert_eq!(sio.event("last-words").await.len(), 1);
     assert_eq!(sio.kind("disconnect").await["reason"], "io server disconnect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_configured_origins_only() {
+    let gateway =
+        TestGateway::builder().settings(|s| s.cors_origins = vec!["https://app.example".into()]).spawn().await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, gateway.http_url("/api/publish"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://app.example");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_json_404s() {
+    let gateway = TestGateway::spawn().await;
+    let (status, body) = gateway.get_json("/no/such/thing").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["success"], false);
+}

@@ -154,3 +154,16 @@ async fn notifications_namespace_accepts_the_query_token() {
     client.kind("connect").await;
     assert_eq!(client.emit_with_ack("subscribe_notifications", json!({})).await, json!({"success": true}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_disconnects_only_its_sender() {
+    let gateway = TestGateway::builder().settings(|s| s.max_payload = 8 * 1024).spawn().await;
+    let options = json!({"auth": {"token": gateway.token("big")}, "transports": ["websocket"]});
+    let mut big = driver(&gateway, "/", options);
+    big.kind("connect").await;
+    let mut small = driver(&gateway, "/", json!({"auth": {"token": gateway.token("small")}, "transports": ["websocket"]}));
+    small.kind("connect").await;
+    big.emit("subscribe", json!({"topic": "channel:1", "pad": "x".repeat(20_000)})).await;
+    big.kind("disconnect").await;
+    assert_eq!(small.emit_with_ack("subscribe", json!({"topic": "channel:1"})).await["success"], true);
+}
