@@ -1,6 +1,6 @@
 //! Test support: a small language for driving a real Herald gateway with real clients.
 //!
-//! ```ignore
+//! ```text
 //! let gateway = TestGateway::spawn().await;
 //! let mut ws = gateway.ws("/ws", &gateway.token("alice")).await;
 //! gateway.publish(json!({"topic": "user:alice", "data": {"n": 1}})).await;
