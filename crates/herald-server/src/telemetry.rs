@@ -10,10 +10,8 @@ pub fn init_logging(log_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .with_ansi(std::io::stdout().is_terminal());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(true).with_ansi(std::io::stdout().is_terminal());
     let result = if json { builder.json().try_init() } else { builder.try_init() };
     if result.is_err() {
         tracing::debug!("a tracing subscriber was already installed");

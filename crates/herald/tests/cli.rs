@@ -12,8 +12,19 @@ use tokio::process::{Child, Command};
 
 /// Environment variables that would change what these tests expect.
 const CLEARED: &[&str] = &[
-    "JWT_SECRET", "NEXTAUTH_SECRET", "JWT_PUBLIC_KEY", "HERALD_API_KEY", "REDIS_URL", "DATABASE_URL", "PORT",
-    "HERALD_ENV", "NODE_ENV", "HERALD_DEV", "HERALD_CONFIG", "HOST", "METRICS_ENABLED",
+    "JWT_SECRET",
+    "NEXTAUTH_SECRET",
+    "JWT_PUBLIC_KEY",
+    "HERALD_API_KEY",
+    "REDIS_URL",
+    "DATABASE_URL",
+    "PORT",
+    "HERALD_ENV",
+    "NODE_ENV",
+    "HERALD_DEV",
+    "HERALD_CONFIG",
+    "HOST",
+    "METRICS_ENABLED",
 ];
 
 fn herald() -> Command {
@@ -39,9 +50,24 @@ async fn help_documents_every_option() {
     let (code, stdout, _) = output(herald().arg("--help")).await;
     assert_eq!(code, 0);
     for name in [
-        "PORT", "JWT_SECRET", "JWT_PUBLIC_KEY", "HERALD_API_KEY", "REDIS_URL", "DATABASE_URL", "CORS_ORIGIN", "LOG_LEVEL",
-        "SOCKETIO_PING_INTERVAL", "SOCKETIO_PING_TIMEOUT", "SOCKETIO_MAX_BUFFER_SIZE", "RATE_LIMIT_CONNECTION_WINDOW",
-        "RATE_LIMIT_MAX_CONNECTIONS", "MAX_IDLE_TIME", "HEARTBEAT_INTERVAL", "METRICS_ENABLED", "METRICS_PORT", "--dev",
+        "PORT",
+        "JWT_SECRET",
+        "JWT_PUBLIC_KEY",
+        "HERALD_API_KEY",
+        "REDIS_URL",
+        "DATABASE_URL",
+        "CORS_ORIGIN",
+        "LOG_LEVEL",
+        "SOCKETIO_PING_INTERVAL",
+        "SOCKETIO_PING_TIMEOUT",
+        "SOCKETIO_MAX_BUFFER_SIZE",
+        "RATE_LIMIT_CONNECTION_WINDOW",
+        "RATE_LIMIT_MAX_CONNECTIONS",
+        "MAX_IDLE_TIME",
+        "HEARTBEAT_INTERVAL",
+        "METRICS_ENABLED",
+        "METRICS_PORT",
+        "--dev",
         "--config",
     ] {
         assert!(stdout.contains(name), "--help lacks {name}:\n{stdout}");
@@ -64,16 +90,20 @@ async fn refuses_to_start_without_a_secret_outside_development_mode() {
 
 #[tokio::test]
 async fn refuses_backends_it_does_not_have_rather_than_falling_back() {
-    let (code, _, stderr) = output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "redis://127.0.0.1:1")).await;
+    let (code, _, stderr) =
+        output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "redis://127.0.0.1:1")).await;
     assert_ne!(code, 0);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
 }
 
 #[tokio::test]
 async fn token_subcommand_mints_a_verifiable_jwt() {
-    let (code, stdout, stderr) =
-        output(herald().args(["token", "--sub", "alice", "--roles", "admin,ops", "--ttl", "2h"]).env("JWT_SECRET", "cli-secret"))
-            .await;
+    let (code, stdout, stderr) = output(
+        herald()
+            .args(["token", "--sub", "alice", "--roles", "admin,ops", "--ttl", "2h"])
+            .env("JWT_SECRET", "cli-secret"),
+    )
+    .await;
     assert_eq!(code, 0, "{stderr}");
     let verifier = herald_auth::Verifier::new(&herald_auth::AuthConfig::secret("cli-secret")).unwrap();
     let principal = verifier.verify(stdout.trim()).unwrap();
@@ -114,7 +144,12 @@ async fn start(mut command: Command) -> Server {
 }
 
 fn banner_value(banner: &[String], key: &str) -> String {
-    banner.iter().find_map(|line| line.split(key).nth(1)).unwrap_or_else(|| panic!("{key} not in {banner:?}")).trim().to_owned()
+    banner
+        .iter()
+        .find_map(|line| line.split(key).nth(1))
+        .unwrap_or_else(|| panic!("{key} not in {banner:?}"))
+        .trim()
+        .to_owned()
 }
 
 async fn publish(port: u16, key: &str, body: serde_json::Value) -> u16 {
@@ -156,7 +191,8 @@ async fn development_mode_prints_a_working_token_and_sigterm_exits_cleanly() {
 async fn config_file_values_apply_and_flags_override_them() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("herald.toml");
-    std::fs::write(&path, "jwt_secret = \"file-secret\"\napi_key = \"file-key\"\nheartbeat_interval = 15000\n").unwrap();
+    std::fs::write(&path, "jwt_secret = \"file-secret\"\napi_key = \"file-key\"\nheartbeat_interval = 15000\n")
+        .unwrap();
 
     let mut server = start({
         let mut command = herald();

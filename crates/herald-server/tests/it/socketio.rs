@@ -161,7 +161,8 @@ async fn an_oversized_message_disconnects_only_its_sender() {
     let options = json!({"auth": {"token": gateway.token("big")}, "transports": ["websocket"]});
     let mut big = driver(&gateway, "/", options);
     big.kind("connect").await;
-    let mut small = driver(&gateway, "/", json!({"auth": {"token": gateway.token("small")}, "transports": ["websocket"]}));
+    let mut small =
+        driver(&gateway, "/", json!({"auth": {"token": gateway.token("small")}, "transports": ["websocket"]}));
     small.kind("connect").await;
     big.emit("subscribe", json!({"topic": "channel:1", "pad": "x".repeat(20_000)})).await;
     big.kind("disconnect").await;

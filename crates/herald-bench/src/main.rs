@@ -1,0 +1,501 @@
+//! `herald-load`: Herald's load generator. Each scenario prints one JSON result on stdout.
+//!
+//! Scenarios: `connect` (connection ramp, connect times, memory per connection), `fanout`
+//! (N subscribers of one channel), `unicast` (messages to random users), `churn` (fan-out
+//! while connections come and go). Publishing goes through `POST /api/publish` on the
+//! target, which every target (Herald, the floor, the Node reference) serves.
+
+mod client;
+mod procstat;
+mod recorder;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use herald_auth::{Signer, TokenSpec};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use client::{Connection, Protocol, Target, failure_reason, open};
+use procstat::{CpuWindow, rss_bytes};
+use recorder::{Recorder, now_nanos};
+
+#[derive(Parser)]
+#[command(name = "herald-load", about = "Load generator for Herald and the servers it is compared with")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Open N connections at R/s and hold them; connect times and memory per connection.
+    Connect(ConnectArgs),
+    /// N subscribers of `channel:bench`; M messages published at Q/s (0: as fast as possible).
+    Fanout(FanoutArgs),
+    /// N users connected; M messages, each to one random user.
+    Unicast(FanoutArgs),
+    /// Fan-out at Q/s while connections are opened and closed at a steady rate.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Base URL of the server under test.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, value_enum, default_value = "ws")]
+    protocol: Protocol,
+    /// WebSocket path for ws/ws-auto.
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
+    /// HS256 secret to mint tokens with.
+    #[arg(long, env = "JWT_SECRET")]
+    secret: String,
+    /// Bearer key for POST /api/publish.
+    #[arg(long, env = "HERALD_API_KEY", default_value = "")]
+    api_key: String,
+    /// PID of the server, for its CPU and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Source addresses to spread connections over (comma-separated), e.g. 127.0.0.1,127.0.0.2.
+    #[arg(long, value_delimiter = ',')]
+    sources: Vec<IpAddr>,
+    /// Connections opened per second while setting up.
+    #[arg(long, default_value_t = 2000)]
+    connect_rate: u32,
+    /// A label copied into the result.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Connection counts at which memory is read; the last is the total.
+    #[arg(long, value_delimiter = ',', default_value = "5000,15000")]
+    sizes: Vec<usize>,
+    /// Seconds to hold all connections.
+    #[arg(long, default_value_t = 5)]
+    hold: u64,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 500)]
+    messages: u64,
+    /// Messages per second; 0 publishes as fast as the publishers can.
+    #[arg(long, default_value_t = 50)]
+    msg_rate: u64,
+    /// Concurrent publishers when publishing as fast as possible.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Padding bytes added to each message.
+    #[arg(long, default_value_t = 0)]
+    pad: usize,
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Connections opened (and later closed) per second during the run.
+    #[arg(long, default_value_t = 100)]
+    churn_rate: u64,
+    /// How long each churning connection stays, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    churn_life_ms: u64,
+}
+
+struct Env {
+    target: Target,
+    signer: Signer,
+    common: Common,
+    http: reqwest::Client,
+    publish_url: String,
+}
+
+impl Env {
+    fn new(common: &Common) -> anyhow::Result<Self> {
+        let url: reqwest::Url = common.url.parse()?;
+        let host = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port_or_known_default().unwrap_or(80));
+        let address: SocketAddr =
+            host.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+        anyhow::ensure!(address.ip().is_loopback(), "load tests target loopback addresses only, not {address}");
+        Ok(Self {
+            target: Target { protocol: common.protocol, address, host, ws_path: common.ws_path.clone() },
+            signer: Signer::secret(common.secret.as_bytes()),
+            common: common.clone(),
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            publish_url: format!("{}/api/publish", common.url.trim_end_matches('/')),
+        })
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.signer.mint(&TokenSpec::new(user).ttl(Duration::from_secs(3 * 3600))).expect("token minted")
+    }
+
+    fn source(&self, index: usize) -> Option<IpAddr> {
+        (!self.common.sources.is_empty()).then(|| self.common.sources[index % self.common.sources.len()])
+    }
+
+    fn pid(&self) -> Option<String> {
+        self.common.server_pid.map(|pid| pid.to_string())
+    }
+
+    async fn publish(&self, topic: &str, seq: u64, pad: &str) -> anyhow::Result<()> {
+        let body = json!({"topic": topic, "event": "notification", "data": {"seq": seq, "pad": pad, "t": now_nanos()}});
+        let response = self.http.post(&self.publish_url).bearer_auth(&self.common.api_key).json(&body).send().await?;
+        anyhow::ensure!(response.status().is_success(), "publish answered {}", response.status());
+        Ok(())
+    }
+}
+
+/// Connection results: the live connections, connect-time histogram (µs) and failures.
+struct Opened {
+    connections: Vec<Connection>,
+    connect_us: Histogram<u64>,
+    failures: BTreeMap<String, u64>,
+}
+
+/// Opens `count` connections for users `user{first}..` at the configured rate.
+async fn open_many(env: &Arc<Env>, first: usize, count: usize, subscribe: bool, recorder: &Arc<Recorder>) -> Opened {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(env.common.connect_rate.max(1)));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = JoinSet::new();
+    for index in first..first + count {
+        ticker.tick().await;
+        let env = env.clone();
+        let recorder = recorder.clone();
+        tasks.spawn(async move {
+            let token = env.token(&format!("user{index}"));
+            let opening = open(&env.target, &token, subscribe, env.source(index), recorder, index);
+            match tokio::time::timeout(Duration::from_secs(30), opening).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("timed out")),
+            }
+        });
+    }
+    let mut opened = Opened {
+        connections: Vec::with_capacity(count),
+        connect_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        failures: BTreeMap::new(),
+    };
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(connection)) => {
+                opened.connect_us.saturating_record(connection.connect_time.as_micros() as u64);
+                opened.connections.push(connection);
+            }
+            Ok(Err(error)) => *opened.failures.entry(failure_reason(&error)).or_default() += 1,
+            Err(error) => *opened.failures.entry(format!("task: {error}")).or_default() += 1,
+        }
+    }
+    opened
+}
+
+fn connect_times(histogram: &Histogram<u64>) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "p50_ms": ms(histogram.value_at_quantile(0.5)),
+        "p99_ms": ms(histogram.value_at_quantile(0.99)),
+        "max_ms": ms(histogram.max()),
+    })
+}
+
+/// Waits until `recorder` has `expected` deliveries or `patience` passes without progress.
+async fn await_deliveries(recorder: &Recorder, expected: u64, patience: Duration) {
+    let mut last = recorder.delivered();
+    let mut last_change = Instant::now();
+    while recorder.delivered() < expected {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = recorder.delivered();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > patience {
+            break;
+        }
+    }
+}
+
+/// Publishes `messages` messages to topics chosen by `topic_of(seq)`, at `rate` per second
+/// or as fast as `publishers` concurrent publishers can.
+async fn publish_all(
+    env: &Arc<Env>,
+    messages: u64,
+    rate: u64,
+    publishers: usize,
+    pad: usize,
+    topic_of: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> u64 {
+    let pad: Arc<str> = Arc::from("x".repeat(pad));
+    let failed = Arc::new(AtomicU64::new(0));
+    if rate > 0 {
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = JoinSet::new();
+        for seq in 0..messages {
+            ticker.tick().await;
+            let (env, pad, failed, topic) = (env.clone(), pad.clone(), failed.clone(), topic_of(seq));
+            tasks.spawn(async move {
+                if env.publish(&topic, seq, &pad).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    } else {
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        for _ in 0..publishers.max(1) {
+            let (env, pad, failed, next, topic_of) =
+                (env.clone(), pad.clone(), failed.clone(), next.clone(), topic_of.clone());
+            tasks.spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= messages {
+                        return;
+                    }
+                    if env.publish(&topic_of(seq), seq, &pad).await.is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    failed.load(Ordering::Relaxed)
+}
+
+async fn close_all(connections: &mut [Connection]) {
+    for connection in connections.iter_mut() {
+        connection.close();
+    }
+    for connection in connections.iter_mut() {
+        if (&mut connection.done).await.is_err() {}
+    }
+}
+
+async fn scenario_connect(args: ConnectArgs) -> anyhow::Result<Value> {
+    let env = Arc::new(Env::new(&args.common)?);
+    let pid = env.pid();
+    let recorder = Arc::new(Recorder::default());
+    let rss_before = pid.as_deref().and_then(rss_bytes);
+    let mut all = Vec::new();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut failures = BTreeMap::new();
+    let mut readings = Vec::new();
+    let mut opened_so_far = 0;
+    let started = Instant::now();
+    for &size in &args.sizes {
+        let batch = open_many(&env, opened_so_far, size.saturating_sub(opened_so_far), false, &recorder).await;
+        opened_so_far = size;
+        histogram.add(&batch.connect_us)?;
+        for (reason, count) in batch.failures {
+            *failures.entry(reason).or_insert(0) += count;
+        }
+        all.extend(batch.connections);
+        // Let the server finish registering before reading its memory.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        readings.push(json!({"connections": all.len(), "rss_bytes": pid.as_deref().and_then(rss_bytes)}));
+    }
+    let ramp_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let rss_held = pid.as_deref().and_then(rss_bytes);
+    let marginal = match (readings.first(), readings.last()) {
+        (Some(a), Some(b)) if readings.len() > 1 => {
+            let connections = b["connections"].as_f64().unwrap_or(0.0) - a["connections"].as_f64().unwrap_or(0.0);
+            let bytes = b["rss_bytes"].as_f64().unwrap_or(0.0) - a["rss_bytes"].as_f64().unwrap_or(0.0);
+            (connections > 0.0).then(|| bytes / connections)
+        }
+        _ => None,
+    };
+    let connected = all.len();
+    close_all(&mut all).await;
+    Ok(json!({
+        "scenario": "connect",
+        "connected": connected,
+        "failed": failures.values().sum::<u64>(),
+        "failures": failures,
+        "connect": connect_times(&histogram),
+        "ramp_seconds": ramp_seconds,
+        "rss_before_bytes": rss_before,
+        "rss_readings": readings,
+        "rss_held_bytes": rss_held,
+        "marginal_bytes_per_connection": marginal,
+    }))
+}
+
+fn fanout_result(
+    name: &str,
+    args: &FanoutArgs,
+    expected: u64,
+    recorder: &Recorder,
+    cpu: procstat::CpuUse,
+    failed_publishes: u64,
+    extra: Value,
+) -> Value {
+    let delivered = recorder.delivered();
+    let mut result = json!({
+        "scenario": name,
+        "connections": args.connections,
+        "messages": args.messages,
+        "msg_rate": args.msg_rate,
+        "expected": expected,
+        "delivered": delivered,
+        "lost": expected.saturating_sub(delivered),
+        "failed_publishes": failed_publishes,
+        "deliveries_per_second": delivered as f64 / cpu.wall_seconds.max(1e-9),
+        "latency": recorder.latency(),
+        "server_cpu_us_per_delivery": cpu.server_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "loadgen_cpu_us_per_delivery": cpu.loadgen_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "cpu": cpu,
+    });
+    if let (Some(object), Value::Object(extra)) = (result.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+    result
+}
+
+async fn scenario_fanout(args: FanoutArgs, unicast: bool) -> anyhow::Result<Value> {
+    let env = Arc::new(Env::new(&args.common)?);
+    let recorder = Arc::new(Recorder::default());
+    let mut opened = open_many(&env, 0, args.connections, !unicast, &recorder).await;
+    anyhow::ensure!(opened.failures.is_empty(), "connections failed: {:?}", opened.failures);
+    let connections = args.connections as u64;
+    let topic_of: Arc<dyn Fn(u64) -> String + Send + Sync> = if unicast {
+        Arc::new(move |_seq| format!("user:user{}", rand::random_range(0..connections)))
+    } else {
+        Arc::new(|_seq| "channel:bench".to_owned())
+    };
+    // Warm-up: a few messages, all delivered, then measure from a clean slate.
+    let warm = 5u64;
+    publish_all(&env, warm, 0, 1, args.pad, topic_of.clone()).await;
+    await_deliveries(&recorder, if unicast { warm } else { warm * connections }, Duration::from_secs(5)).await;
+    recorder.reset();
+
+    let expected = if unicast { args.messages } else { args.messages * connections };
+    let window = CpuWindow::start(env.pid().as_deref());
+    let failed = publish_all(&env, args.messages, args.msg_rate, args.publishers, args.pad, topic_of).await;
+    await_deliveries(&recorder, expected, Duration::from_secs(5)).await;
+    let cpu = window.stop();
+    close_all(&mut opened.connections).await;
+    let name = if unicast { "unicast" } else { "fanout" };
+    Ok(fanout_result(
+        name,
+        &args,
+        expected,
+        &recorder,
+        cpu,
+        failed,
+        json!({"connect": connect_times(&opened.connect_us)}),
+    ))
+}
+
+async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
+    let fanout = &args.fanout;
+    let env = Arc::new(Env::new(&fanout.common)?);
+    let pid = env.pid();
+    let recorder = Arc::new(Recorder::default());
+    let churn_recorder = Arc::new(Recorder::default());
+    let mut stable = open_many(&env, 0, fanout.connections, true, &recorder).await;
+    anyhow::ensure!(stable.failures.is_empty(), "connections failed: {:?}", stable.failures);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_baseline = pid.as_deref().and_then(rss_bytes);
+
+    let churn_failures = Arc::new(parking_lot::Mutex::new(BTreeMap::<String, u64>::new()));
+    let churned = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churner = {
+        let (env, churn_recorder, churn_failures, churned, stop) =
+            (env.clone(), churn_recorder.clone(), churn_failures.clone(), churned.clone(), stop.clone());
+        let (rate, life) = (args.churn_rate.max(1), Duration::from_millis(args.churn_life_ms));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut tasks = JoinSet::new();
+            let mut index = 1_000_000usize;
+            while !stop.load(Ordering::Relaxed) {
+                ticker.tick().await;
+                index += 1;
+                let (env, churn_recorder, churn_failures, churned) =
+                    (env.clone(), churn_recorder.clone(), churn_failures.clone(), churned.clone());
+                tasks.spawn(async move {
+                    let token = env.token(&format!("churn{index}"));
+                    match open(&env.target, &token, true, env.source(index), churn_recorder, index).await {
+                        Ok(mut connection) => {
+                            tokio::time::sleep(life).await;
+                            connection.close();
+                            if connection.done.await.is_err() {}
+                            churned.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => *churn_failures.lock().entry(failure_reason(&error)).or_default() += 1,
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    };
+    let connections = fanout.connections as u64;
+    let expected = fanout.messages * connections;
+    let window = CpuWindow::start(pid.as_deref());
+    let failed = publish_all(
+        &env,
+        fanout.messages,
+        fanout.msg_rate.max(1),
+        1,
+        fanout.pad,
+        Arc::new(|_| "channel:bench".to_owned()),
+    )
+    .await;
+    await_deliveries(&recorder, expected, Duration::from_secs(5)).await;
+    let cpu = window.stop();
+    stop.store(true, Ordering::Relaxed);
+    churner.await?;
+    close_all(&mut stable.connections).await;
+    // Give the server a moment to release what the closed connections held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = pid.as_deref().and_then(rss_bytes);
+    let failures = churn_failures.lock().clone();
+    Ok(fanout_result(
+        "churn",
+        fanout,
+        expected,
+        &recorder,
+        cpu,
+        failed,
+        json!({
+            "churn_rate": args.churn_rate,
+            "churned_connections": churned.load(Ordering::Relaxed),
+            "churn_failures": failures,
+            "rss_baseline_bytes": rss_baseline,
+            "rss_after_bytes": rss_after,
+        }),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (label, result) = match cli.scenario {
+        Scenario::Connect(args) => (args.common.label.clone(), scenario_connect(args).await?),
+        Scenario::Fanout(args) => (args.common.label.clone(), scenario_fanout(args, false).await?),
+        Scenario::Unicast(args) => (args.common.label.clone(), scenario_fanout(args, true).await?),
+        Scenario::Churn(args) => (args.fanout.common.label.clone(), scenario_churn(args).await?),
+    };
+    let mut result = result;
+    result["label"] = json!(label);
+    println!("{result}");
+    Ok(())
+}
