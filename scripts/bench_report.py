@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench results (JSON lines from herald-load) into docs/benchmarks.md.
+
+usage: bench_report.py RESULTS.jsonl OUTPUT.md COMMAND
+Exits 1 when any run lost messages, failed connections or did not finish, so that the
+CI profile fails loudly; the figures themselves are never asserted.
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+results_path, output_path, command = sys.argv[1], sys.argv[2], sys.argv[3]
+runs = [json.loads(line) for line in open(results_path) if line.strip()]
+
+
+def sh(*args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def mem_total():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return "?"
+
+
+def key(run):
+    return (run["scenario"], run.get("args", ""))
+
+
+def find(scenario, args, label):
+    for run in runs:
+        if run.get("scenario") == scenario and run.get("args") == args and run.get("label") == label:
+            return run
+    return None
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return "n/a"
+    return f"{a / b:.2f}×"
+
+
+def kib(value):
+    return "n/a" if value is None else f"{value / 1024:.1f}"
+
+
+problems = []
+lines = []
+out = lines.append
+out("# Benchmarks")
+out("")
+out(f"Produced by `{command}` on {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
+out("Every row of a table was measured in the same run, one target after another, on the same machine; quote the ratios, not the absolute figures (the machine is shared and noisy).")
+out("")
+out("| | |")
+out("|---|---|")
+out(f"| machine | {os.cpu_count()} cores, {cpu_model()}, {mem_total()} |")
+out(f"| kernel | {platform.release()} |")
+out(f"| rustc | {sh('rustc', '--version')} |")
+out(f"| node | {sh('node', '--version')} |")
+out(f"| herald | {sh('git', 'rev-parse', '--short', 'HEAD')} |")
+out("")
+out("Targets: **herald-ws** (Herald, plain WebSocket `/ws`), **herald-sio** (Herald, Socket.IO over websocket), **reference-sio** / **reference-ws** (Node.js: socket.io 4 + ws + jsonwebtoken, `bench/reference/server.mjs`), **floor** (`herald-floor`: accept, check the token, write one pre-built frame per subscriber, nothing else).")
+out("Server CPU per delivery is the server process's user+system CPU over the measured window divided by the deliveries; load-generator CPU and whole-machine busy fraction are shown so that a machine-bound run is visible.")
+out("")
+
+connect_runs = [r for r in runs if r.get("scenario") == "connect"]
+if connect_runs:
+    out("## connect")
+    out("")
+    out(f"Arguments: `{connect_runs[0].get('args', '')}`")
+    out("")
+    out("| target | connected | failed | connect p50 ms | p99 ms | max ms | RSS held MiB | marginal KiB/conn |")
+    out("|---|---|---|---|---|---|---|---|")
+    for run in connect_runs:
+        if "error" in run:
+            out(f"| {run['label']} | error: {run['error']} | | | | | | |")
+            problems.append(f"{run['label']} connect: {run['error']}")
+            continue
+        c = run["connect"]
+        held = run.get("rss_held_bytes")
+        out(f"| {run['label']} | {run['connected']} | {run['failed']} {run['failures'] or ''} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_ms']:.1f} | {'n/a' if held is None else f'{held / 2**20:.1f}'} | {kib(run.get('marginal_bytes_per_connection'))} |")
+        if run["failed"]:
+            problems.append(f"{run['label']} connect: {run['failed']} failed")
+    out("")
+
+seen = []
+for run in runs:
+    if run.get("scenario") in ("fanout", "unicast", "churn") and key(run) not in seen:
+        seen.append(key(run))
+
+for scenario, args in seen:
+    out(f"## {scenario}")
+    out("")
+    out(f"Arguments: `{args}`")
+    out("")
+    out("| target | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | ×floor | ×reference | loadgen µs/delivery | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    floor = find(scenario, args, "floor")
+    for label in ("floor", "herald-ws", "herald-sio", "reference-ws", "reference-sio"):
+        run = find(scenario, args, label)
+        if run is None:
+            continue
+        if "error" in run:
+            out(f"| {label} | error: {run['error']} | | | | | | | | | | |")
+            problems.append(f"{label} {scenario} {args}: {run['error']}")
+            continue
+        reference_label = {"herald-ws": "reference-ws", "herald-sio": "reference-sio"}.get(label)
+        reference = find(scenario, args, reference_label) if reference_label else None
+        cpu = run["server_cpu_us_per_delivery"]
+        floor_cpu = floor["server_cpu_us_per_delivery"] if floor and "error" not in floor else None
+        reference_cpu = reference["server_cpu_us_per_delivery"] if reference and "error" not in reference else None
+        lat = run["latency"]
+        extra = ""
+        if scenario == "churn":
+            extra = f" (churned {run.get('churned_connections')}, failures {run.get('churn_failures') or 0}, RSS {kib(run.get('rss_baseline_bytes'))} → {kib(run.get('rss_after_bytes'))} KiB)"
+        out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu:.2f} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        if run["lost"] or run["failed_publishes"]:
+            problems.append(f"{label} {scenario} {args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
+    out("")
+
+if problems:
+    out("## Problems in this run")
+    out("")
+    for problem in problems:
+        out(f"- {problem}")
+    out("")
+
+with open(output_path, "w") as handle:
+    handle.write("\n".join(lines))
+for problem in problems:
+    print(f"bench: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
