@@ -316,12 +316,13 @@ impl Hub {
     pub fn dispatch(&self, topics: &[Topic], delivery: Arc<Delivery>) -> usize {
         let mut delivered = 0usize;
         let mut full: Vec<SessionId> = Vec::new();
+        let mut gone: Vec<SessionId> = Vec::new();
         {
             let map = self.inner.topics.read();
             let mut offer = |id: SessionId, outlet: &Arc<dyn Outlet>| match outlet.offer(&delivery) {
                 Ok(()) => delivered += 1,
                 Err(OfferError::Full) => full.push(id),
-                Err(OfferError::Closed) => {}
+                Err(OfferError::Closed) => gone.push(id),
             };
             match topics {
                 [topic] => {
@@ -347,6 +348,11 @@ impl Hub {
         }
         for id in full {
             self.close_session(id, CloseReason::SlowConsumer);
+        }
+        // An outlet whose connection is already gone: forget the session, so a transport
+        // that missed its cleanup cannot leave it registered.
+        for id in gone {
+            self.remove(id);
         }
         let event_label = m::event_label(delivery.event().name());
         metrics::counter!(m::EVENTS_OUT, "event" => event_label).increment(delivered as u64);

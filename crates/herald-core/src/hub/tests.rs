@@ -25,6 +25,9 @@ impl RecordingOutlet {
 
 impl Outlet for RecordingOutlet {
     fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
+        if self.closed.lock().is_some() {
+            return Err(OfferError::Closed);
+        }
         let mut received = self.received.lock();
         if received.len() >= self.capacity {
             return Err(OfferError::Full);
@@ -196,4 +199,15 @@ fn fan_out_shares_one_encoding() {
         let bytes = outlet.received.lock()[0].encoded(slot, |_| panic!("encoded twice"));
         assert_eq!(bytes.as_ptr(), first.as_ptr(), "every recipient shares the same buffer");
     }
+}
+
+#[test]
+fn a_closed_outlet_is_forgotten_at_the_next_dispatch() {
+    let hub = Hub::default();
+    let outlet = RecordingOutlet::new(10);
+    let session = hub.register(principal("gone"), "ws", outlet.clone());
+    outlet.close(CloseReason::ServerShutdown);
+    assert_eq!(hub.dispatch(&[topic("global")], delivery("x")), 0);
+    assert_eq!(hub.stats().connections, 0);
+    drop(session);
 }

@@ -100,7 +100,7 @@ pub fn register(io: &SocketIo, state: AppState) {
         let handler_state = state.clone();
         let middleware = move |socket: SocketRef, TryData(auth): TryData<Value>| {
             let state = middleware_state.clone();
-            async move { admit(&state, &socket, auth.ok(), token_required) }
+            async move { admit(&state, &socket, auth.ok(), token_required, dialect) }
         };
         let handler = move |socket: SocketRef| {
             let state = handler_state.clone();
@@ -110,8 +110,19 @@ pub fn register(io: &SocketIo, state: AppState) {
     }
 }
 
-/// Connect middleware: admission limits, then the token if one is presented (or required).
-fn admit(state: &AppState, socket: &SocketRef, auth: Option<Value>, token_required: bool) -> Result<(), Refusal> {
+/// Connect middleware: admission limits, then the token if one is presented (or required);
+/// then the socket's command handlers and, when authenticated, its hub session.
+///
+/// Everything is set up here, before socketioxide sends the CONNECT packet: it runs the
+/// connect handler only after that packet, so a client that emits right after connecting
+/// (seed 000's `join_channel`) would otherwise race the handler registration.
+fn admit(
+    state: &AppState,
+    socket: &SocketRef,
+    auth: Option<Value>,
+    token_required: bool,
+    dialect: Dialect,
+) -> Result<(), Refusal> {
     let token = presented_token(socket, &auth);
     let principal = match (token, token_required) {
         (Some(token), _) => Some(state.verifier.verify(&token)),
@@ -131,48 +142,51 @@ fn admit(state: &AppState, socket: &SocketRef, auth: Option<Value>, token_requir
         .admit(peer_ip(&socket.req_parts().extensions))
         .map_err(|refused| Refusal { code: refused.0, message: "connection refused by limits".into() })?;
     socket.extensions.insert(PendingPermit(Arc::new(parking_lot::Mutex::new(Some(permit)))));
+    socket.on_disconnect(|socket: SocketRef, reason: DisconnectReason| async move {
+        let session = socket.extensions.remove::<Arc<SocketSession>>();
+        tracing::debug!(socket = %socket.id, ?reason, had_session = session.is_some(), "socket disconnected");
+    });
+    register_commands(state, socket, dialect);
     if let Some(principal) = principal {
-        socket.extensions.insert(principal);
+        start_session(state, socket, principal, dialect);
     }
     Ok(())
 }
 
 fn on_connect(state: AppState, socket: SocketRef, dialect: Dialect) {
-    {
-        let state = state.clone();
-        socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
-            let state = state.clone();
-            async move {
-                let session = socket.extensions.remove::<Arc<SocketSession>>();
-                tracing::debug!(socket = %socket.id, ?reason, had_session = session.is_some(), "socket disconnected");
-                drop(session);
-                drop(state);
-            }
-        });
+    if socket.extensions.get::<Arc<SocketSession>>().is_some() {
+        greet(&socket, dialect);
+        return;
     }
-    register_commands(&state, &socket, dialect);
-    match socket.extensions.get::<Principal>() {
-        Some(principal) => start_session(&state, &socket, principal, dialect),
-        None => {
-            // Seed 000: the client may authenticate with an event within the grace period.
-            let grace = state.settings.auth_timeout;
-            let waiting = socket.clone();
-            let shutdown = state.shutdown.clone();
-            state.tasks.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(grace) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                if waiting.connected() && waiting.extensions.get::<Arc<SocketSession>>().is_none() {
-                    metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::AuthTimeout.as_str()).increment(1);
-                    emit_error(&waiting, ErrorCode::NotAuthenticated, CloseReason::AuthTimeout.message());
-                    if let Err(error) = waiting.disconnect() {
-                        tracing::debug!(%error, "socket already gone at auth timeout");
-                    }
-                }
-            });
+    // Seed 000: the client may authenticate with an event within the grace period.
+    let grace = state.settings.auth_timeout;
+    let shutdown = state.shutdown.clone();
+    state.tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = shutdown.cancelled() => return,
         }
+        if socket.connected() && socket.extensions.get::<Arc<SocketSession>>().is_none() {
+            metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::AuthTimeout.as_str()).increment(1);
+            emit_error(&socket, ErrorCode::NotAuthenticated, CloseReason::AuthTimeout.message());
+            if let Err(error) = socket.disconnect() {
+                tracing::debug!(%error, "socket already gone at auth timeout");
+            }
+        }
+    });
+}
+
+/// Tells a freshly authenticated socket on `/` who it is.
+fn greet(socket: &SocketRef, dialect: Dialect) {
+    if dialect != Dialect::Canonical {
+        return;
     }
+    let Some(session) = socket.extensions.get::<Arc<SocketSession>>() else { return };
+    let user_id = session.guard.principal().user_id.as_str();
+    emit(socket, "authenticated", &json!({"success": true, "userId": user_id}));
+    let connected =
+        json!({"userId": user_id, "socketId": socket.id.to_string(), "sessionId": session.guard.id().to_string()});
+    emit(socket, "connected", &connected);
 }
 
 fn start_session(state: &AppState, socket: &SocketRef, principal: Principal, dialect: Dialect) {
@@ -328,5 +342,6 @@ fn authenticate(state: &AppState, socket: &SocketRef, data: Value) -> Result<Val
     .or_else(|| query_param(socket.req_parts().uri.query(), "token"));
     let principal = state.authenticate(token.as_deref()).map_err(|error| (error.code, error.message))?;
     start_session(state, socket, principal, Dialect::Canonical);
+    greet(socket, Dialect::Canonical);
     Ok(json!({}))
 }

@@ -168,3 +168,15 @@ async fn an_oversized_message_disconnects_only_its_sender() {
     big.kind("disconnect").await;
     assert_eq!(small.emit_with_ack("subscribe", json!({"topic": "channel:1"})).await["success"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_the_moment_a_socket_connects_are_never_lost() {
+    // socketioxide runs the connect handler after sending CONNECT; Herald registers its
+    // handlers before that, so an immediate `join_channel` always finds them.
+    let gateway = TestGateway::spawn().await;
+    let tokens: Vec<String> = (0..10).map(|i| gateway.token(&format!("burst{i}"))).collect();
+    let tokens = serde_json::to_string(&tokens).unwrap();
+    let mut burst = gateway.node("burst-join.mjs", &[("COUNT", "200"), ("TOKENS", &tokens)]);
+    let result = burst.kind("result").await;
+    assert_eq!(result["acked"], 200, "{result}");
+}
