@@ -75,6 +75,7 @@ out(f"| node | {sh('node', '--version')} |")
 out(f"| herald | {sh('git', 'rev-parse', '--short', 'HEAD')} |")
 out("")
 out("Targets: **herald-ws** (Herald, plain WebSocket `/ws`), **herald-sio** (Herald, Socket.IO over websocket), **reference-sio** / **reference-ws** (Node.js: socket.io 4 + ws + jsonwebtoken, `bench/reference/server.mjs`), **floor** (`herald-floor`: accept, check the token, write one pre-built frame per subscriber, nothing else).")
+out("The floor is built on the same HTTP stack as Herald (axum's WebSocket upgrade over hyper, then tungstenite); a leaner floor on a bare TCP listener would use less memory per connection and set stricter ratios.")
 out("Server CPU per delivery is the server process's user+system CPU over the measured window divided by the deliveries; load-generator CPU and whole-machine busy fraction are shown so that a machine-bound run is visible.")
 out("")
 
@@ -131,6 +132,53 @@ for scenario, args in seen:
         out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu:.2f} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
         if run["lost"] or run["failed_publishes"]:
             problems.append(f"{label} {scenario} {args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
+    out("")
+
+# The issue's targets, checked against this run's figures.
+checks = []
+
+
+def check(name, value, limit, unit=""):
+    if value is None:
+        checks.append((name, "n/a", limit, "not measured"))
+    else:
+        checks.append((name, f"{value:.2f}{unit}", f"{limit}{unit}", "met" if value <= limit else "missed"))
+
+
+def cpu_ratio(scenario, args, label):
+    run, floor = find(scenario, args, label), find(scenario, args, "floor")
+    if not run or not floor or "error" in run or "error" in floor or not floor["server_cpu_us_per_delivery"]:
+        return None
+    return run["server_cpu_us_per_delivery"] / floor["server_cpu_us_per_delivery"]
+
+
+def p99_ratio(scenario, args, label):
+    run, floor = find(scenario, args, label), find(scenario, args, "floor")
+    if not run or not floor or "error" in run or "error" in floor:
+        return None
+    return run["latency"]["p99_us"] / max(floor["latency"]["p99_us"], 1)
+
+
+for scenario, args in seen:
+    if scenario == "churn":
+        continue
+    check(f"herald-ws CPU/delivery ÷ floor, {scenario} {args}", cpu_ratio(scenario, args, "herald-ws"), 1.25, "×")
+    check(f"herald-sio CPU/delivery ÷ floor, {scenario} {args}", cpu_ratio(scenario, args, "herald-sio"), 1.6, "×")
+    check(f"herald-ws p99 ÷ floor p99, {scenario} {args}", p99_ratio(scenario, args, "herald-ws"), 1.5, "×")
+    check(f"herald-sio p99 ÷ floor p99, {scenario} {args}", p99_ratio(scenario, args, "herald-sio"), 1.5, "×")
+for label, limit in (("herald-ws", 4.0), ("herald-sio", 6.0)):
+    run = next((r for r in connect_runs if r.get("label") == label and "error" not in r), None)
+    marginal = run.get("marginal_bytes_per_connection") if run else None
+    check(f"{label} marginal memory per idle connection", None if marginal is None else marginal / 1024, limit, " KiB")
+    if run:
+        check(f"{label} connect p99 ({run['connected']} connections, {run['failed']} failed)", run["connect"]["p99_ms"], 10, " ms")
+if checks:
+    out("## Targets (issue 3)")
+    out("")
+    out("| target | measured | limit | |")
+    out("|---|---|---|---|")
+    for name, value, limit, verdict in checks:
+        out(f"| {name} | {value} | {limit} | {verdict} |")
     out("")
 
 if problems:

@@ -64,8 +64,9 @@ pub struct Connection {
 
 impl Connection {
     pub fn close(&mut self) {
+        // The reading task may already have ended; then there is nothing to stop.
         if let Some(stop) = self.stop.take() {
-            if stop.send(()).is_err() {}
+            stop.send(()).unwrap_or_default();
         }
     }
 }
@@ -129,7 +130,7 @@ pub async fn open(
                     }
                 }
             }
-            tokio::spawn(read_ws(ws, stopped, recorder, shard))
+            tokio::spawn(read_frames(ws, stopped, recorder, shard, false))
         }
         Protocol::Sio => {
             let mut ws = websocket(target, "/socket.io/?EIO=4&transport=websocket", source).await?;
@@ -161,7 +162,7 @@ pub async fn open(
                     }
                 }
             }
-            tokio::spawn(read_sio(ws, stopped, recorder, shard))
+            tokio::spawn(read_frames(ws, stopped, recorder, shard, true))
         }
         Protocol::Sse => {
             let url = format!("http://{}/events?token={token}", target.host);
@@ -173,40 +174,29 @@ pub async fn open(
     Ok(Connection { connect_time: started.elapsed(), stop: Some(stop), done })
 }
 
-async fn read_ws(mut ws: Ws, mut stopped: oneshot::Receiver<()>, recorder: Arc<Recorder>, shard: usize) {
+/// Reads a plain WebSocket or (with `socket_io`) a Socket.IO connection until stopped,
+/// recording each benchmark event; Socket.IO pings (`2`) are answered (`3`).
+async fn read_frames(
+    mut ws: Ws,
+    mut stopped: oneshot::Receiver<()>,
+    recorder: Arc<Recorder>,
+    shard: usize,
+    socket_io: bool,
+) {
     loop {
         tokio::select! {
             _ = &mut stopped => {
-                if ws.close(None).await.is_err() {}
+                // Closing is best effort: the benchmark is over for this connection.
+                drop(ws.close(None).await);
                 return;
             }
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(stamp) = stamp_of(&text) {
-                        recorder.record(shard, stamp);
-                    }
-                }
-                Some(Ok(_)) => {}
-                _ => return,
-            }
-        }
-    }
-}
-
-async fn read_sio(mut ws: Ws, mut stopped: oneshot::Receiver<()>, recorder: Arc<Recorder>, shard: usize) {
-    loop {
-        tokio::select! {
-            _ = &mut stopped => {
-                if ws.close(None).await.is_err() {}
-                return;
-            }
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if text.as_str() == "2" {
+                    if socket_io && text.as_str() == "2" {
                         if ws.send(Message::text("3")).await.is_err() {
                             return;
                         }
-                    } else if text.starts_with("42")
+                    } else if (!socket_io || text.starts_with("42"))
                         && let Some(stamp) = stamp_of(&text)
                     {
                         recorder.record(shard, stamp);

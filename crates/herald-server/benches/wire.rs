@@ -15,7 +15,8 @@ fn encode(c: &mut Criterion) {
     });
     let event = Event::from_value("notification:new", &payload).unwrap();
     let mut group = c.benchmark_group("encode");
-    let formats: [(&str, fn(&Delivery) -> bytes::Bytes); 4] = [
+    type Encoder = fn(&Delivery) -> bytes::Bytes;
+    let formats: [(&str, Encoder); 4] = [
         ("ws_canonical", |d| wire::ws_encoded(d, Dialect::Canonical)),
         ("ws_community", |d| wire::ws_encoded(d, Dialect::Community)),
         ("sse_canonical", |d| wire::sse_encoded(d, Dialect::Canonical)),

@@ -27,6 +27,9 @@ use crate::state::{AppState, Shared};
 use crate::telemetry;
 use crate::transport::{socketio, sse, ws};
 
+/// How long Socket.IO clients get to fetch their last packets at shutdown.
+const SOCKETIO_DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// How often expired tokens and idle sessions are looked for.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
@@ -149,10 +152,18 @@ impl App {
             // their buffer; queued WebSocket and SSE events are flushed by their own tasks,
             // which watch the same token.
             let disconnect_sockets = async {
+                let mut had_sockets = false;
                 for namespace in io.nsps() {
+                    had_sockets |= !namespace.clone().sockets().is_empty();
                     if let Err(error) = namespace.disconnect().await {
                         tracing::debug!(?error, "socket.io namespace disconnect");
                     }
+                }
+                if had_sockets {
+                    // A long-polling client fetches its last packets (and the disconnect)
+                    // with its next poll, which it pauses while upgrading to websocket;
+                    // give it a moment before the engine closes the transports.
+                    tokio::time::sleep(SOCKETIO_DRAIN_GRACE.min(deadline)).await;
                 }
                 io.close().await;
             };

@@ -14,8 +14,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use herald_core::metrics as m;
+
 use crate::config::Settings;
-use crate::limits::Admission;
+use crate::http::ApiError;
+use crate::limits::{Admission, ConnectionPermit};
 
 /// Everything shared by the transports, the HTTP API and the ops endpoints.
 pub struct Shared {
@@ -76,6 +79,25 @@ pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
 }
 
 impl Shared {
+    /// Admits a plain WebSocket or SSE connection: verifies the request's token, then the
+    /// connection limits. The error is the HTTP answer to send instead.
+    pub fn admit_request(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<(Principal, ConnectionPermit), ApiError> {
+        let principal = self.authenticate(token_from_request(headers, query).as_deref()).map_err(|error| {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => error.code.as_str()).increment(1);
+            ApiError::from_code(error.code, error.message)
+        })?;
+        let permit = self
+            .admission
+            .admit(Some(peer.ip()))
+            .map_err(|refused| ApiError::from_code(refused.0, "connection refused by limits"))?;
+        Ok((principal, permit))
+    }
+
     /// Verifies a token that may be absent.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         match token {

@@ -74,15 +74,21 @@ fn put_json_string(buffer: &mut BytesMut, text: &str) {
     }
 }
 
-/// A plain WebSocket text frame's body: `{"type":NAME,"payload":DATA}`.
-pub fn ws_frame(name: &str, data: &str) -> Bytes {
+/// `{"type":NAME,"<field>":DATA}`: the envelope of plain WebSocket frames (`payload`) and
+/// of seed 002's SSE messages (`data`).
+fn typed_envelope(name: &str, field: &str, data: &str) -> BytesMut {
     let mut buffer = BytesMut::with_capacity(24 + name.len() + data.len());
     buffer.put_slice(b"{\"type\":");
     put_json_string(&mut buffer, name);
-    buffer.put_slice(b",\"payload\":");
+    buffer.put_slice(format!(",\"{field}\":").as_bytes());
     buffer.put_slice(data.as_bytes());
     buffer.put_u8(b'}');
-    buffer.freeze()
+    buffer
+}
+
+/// A plain WebSocket text frame's body: `{"type":NAME,"payload":DATA}`.
+pub fn ws_frame(name: &str, data: &str) -> Bytes {
+    typed_envelope(name, "payload", data).freeze()
 }
 
 /// The cached plain WebSocket encoding of a delivery for `dialect`.
@@ -110,13 +116,7 @@ pub fn sse_message(id: Option<u64>, name: Option<&str>, data: &str) -> Bytes {
 
 /// Seed 002's SSE message body: `{"type":NAME,"data":DATA}`.
 pub fn typed_data(name: &str, data: &str) -> String {
-    let mut buffer = BytesMut::with_capacity(24 + name.len() + data.len());
-    buffer.put_slice(b"{\"type\":");
-    put_json_string(&mut buffer, name);
-    buffer.put_slice(b",\"data\":");
-    buffer.put_slice(data.as_bytes());
-    buffer.put_u8(b'}');
-    String::from_utf8_lossy(&buffer).into_owned()
+    String::from_utf8_lossy(&typed_envelope(name, "data", data)).into_owned()
 }
 
 /// The cached SSE encoding of a delivery for `dialect`.

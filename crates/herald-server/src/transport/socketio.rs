@@ -208,7 +208,7 @@ fn start_session(state: &AppState, socket: &SocketRef, principal: Principal, dia
 
 fn emit(socket: &SocketRef, event: &str, data: &Value) {
     if let Err(error) = socket.emit(event, data) {
-        tracing::debug!(%error, event, "emit failed");
+        tracing::debug!(%error, event, socket = %socket.id, connected = socket.connected(), "emit failed");
     }
 }
 

@@ -14,7 +14,6 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
-use herald_core::metrics as m;
 use herald_core::{CloseReason, Delivery, SessionGuard};
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
@@ -22,9 +21,8 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use super::{CloseSignal, QueueOutlet};
-use crate::http::ApiError;
 use crate::limits::ConnectionPermit;
-use crate::state::{AppState, token_from_request};
+use crate::state::AppState;
 use crate::wire::{self, Dialect};
 
 /// How long a browser waits before reconnecting, announced once per stream.
@@ -71,16 +69,9 @@ fn accept(
     RawQuery(query): RawQuery,
     dialect: Dialect,
 ) -> Response {
-    let principal = match state.authenticate(token_from_request(&headers, query.as_deref()).as_deref()) {
-        Ok(principal) => principal,
-        Err(error) => {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => error.code.as_str()).increment(1);
-            return ApiError::from_code(error.code, error.message).into_response();
-        }
-    };
-    let permit = match state.admission.admit(Some(peer.ip())) {
-        Ok(permit) => permit,
-        Err(refused) => return ApiError::from_code(refused.0, "connection refused by limits").into_response(),
+    let (principal, permit) = match state.admit_request(&headers, query.as_deref(), peer) {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(),
     };
     let (outlet, queue, signal) = QueueOutlet::channel(state.settings.session_queue);
     let session = state.hub.register(principal, "sse", outlet);

@@ -31,9 +31,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{CloseSignal, QueueOutlet};
-use crate::http::ApiError;
 use crate::limits::ConnectionPermit;
-use crate::state::{AppState, token_from_request};
+use crate::state::AppState;
 use crate::wire::{self, Dialect};
 
 /// Frames drained from the queue into one write when the client is behind.
@@ -82,16 +81,9 @@ fn accept(
     upgrade: WebSocketUpgrade,
     dialect: Dialect,
 ) -> Response {
-    let principal = match state.authenticate(token_from_request(&headers, query.as_deref()).as_deref()) {
-        Ok(principal) => principal,
-        Err(error) => {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => error.code.as_str()).increment(1);
-            return ApiError::from_code(error.code, error.message).into_response();
-        }
-    };
-    let permit = match state.admission.admit(Some(peer.ip())) {
-        Ok(permit) => permit,
-        Err(refused) => return ApiError::from_code(refused.0, "connection refused by limits").into_response(),
+    let (principal, permit) = match state.admit_request(&headers, query.as_deref(), peer) {
+        Ok(admitted) => admitted,
+        Err(error) => return error.into_response(),
     };
     let max = state.settings.max_payload;
     let task_state = state.clone();

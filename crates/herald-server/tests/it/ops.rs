@@ -63,7 +63,10 @@ async fn shutdown_tells_every_client_and_drains() {
     ws.next_event("connected").await;
     let mut sse = SseClient::connect(&gateway.http_url("/events"), Some(&token)).await.unwrap();
     sse.next().await;
-    let mut sio = gateway.node("sio-driver.mjs", &[("SIO_OPTIONS", &json!({"auth": {"token": token}}).to_string())]);
+    // A settled websocket transport: a client caught mid-upgrade from long-polling at the
+    // moment of shutdown may only see the transport close (see docs/protocol.md).
+    let options = json!({"auth": {"token": token}, "transports": ["websocket"]}).to_string();
+    let mut sio = gateway.node("sio-driver.mjs", &[("SIO_OPTIONS", &options)]);
     sio.event("connected").await;
     publish_ok(&gateway, json!({"topic": "user:leaving", "event": "last-words", "data": {}})).await;
 
