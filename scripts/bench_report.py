@@ -75,7 +75,7 @@ out(f"| node | {sh('node', '--version')} |")
 out(f"| herald | {sh('git', 'rev-parse', '--short', 'HEAD')} |")
 out("")
 out("Targets: **herald-ws** (Herald, plain WebSocket `/ws`), **herald-sio** (Herald, Socket.IO over websocket), **reference-sio** / **reference-ws** (Node.js: socket.io 4 + ws + jsonwebtoken, `bench/reference/server.mjs`), **floor** (`herald-floor`: accept, check the token, write one pre-built frame per subscriber, nothing else).")
-out("The floor is built on the same HTTP stack as Herald (axum's WebSocket upgrade over hyper, then tungstenite); a leaner floor on a bare TCP listener would use less memory per connection and set stricter ratios.")
+out("The floor takes WebSocket connections on a bare TCP listener (tungstenite's handshake, no HTTP framework) and publishes on a second port; both it and Herald use tungstenite with the same buffer sizes.")
 out("Server CPU per delivery is the server process's user+system CPU over the measured window divided by the deliveries; load-generator CPU and whole-machine busy fraction are shown so that a machine-bound run is visible.")
 out("")
 

@@ -51,6 +51,9 @@ struct Common {
     url: String,
     #[arg(long, value_enum, default_value = "ws")]
     protocol: Protocol,
+    /// Base URL for `POST /api/publish` when the server takes publishes elsewhere (the floor).
+    #[arg(long)]
+    publish_url: Option<String>,
     /// WebSocket path for ws/ws-auto.
     #[arg(long, default_value = "/ws")]
     ws_path: String,
@@ -137,7 +140,10 @@ impl Env {
             signer: Signer::secret(common.secret.as_bytes()),
             common: common.clone(),
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
-            publish_url: format!("{}/api/publish", common.url.trim_end_matches('/')),
+            publish_url: format!(
+                "{}/api/publish",
+                common.publish_url.as_deref().unwrap_or(&common.url).trim_end_matches('/')
+            ),
         })
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use herald_auth::Verifier;
 use herald_core::hub::HubLimits;
 use herald_core::{Broker, CloseReason, ErrorCode, Hub, MemoryBroker};
@@ -88,6 +89,7 @@ impl App {
             .ping_timeout(state.settings.socketio_ping_timeout)
             .max_buffer_size(state.settings.socketio_buffer)
             .max_payload(state.settings.max_payload as u64)
+            .ws_read_buffer_size(crate::transport::ws::READ_BUFFER)
             .ws_max_message_size(state.settings.max_payload)
             .ws_max_frame_size(state.settings.max_payload)
             .build_layer();
@@ -139,7 +141,13 @@ impl App {
         }
         let io = self.io;
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let listener = self.listener;
+        // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and the
+        // peer's delayed ACK hold some of them back by ~40 ms.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let serve_state = state.clone();
         let handle = tokio::spawn(async move {
             let stop = serve_state.shutdown.clone();

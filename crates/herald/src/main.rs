@@ -3,9 +3,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_auth::{Signer, TokenSpec};
 use herald_server::{App, Config};
+
+/// mimalloc: less memory per connection than the system allocator (see ARCHITECTURE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Herald: a self-hosted real-time notification and messaging gateway.
 ///
@@ -104,8 +108,6 @@ fn parse_cli() -> anyhow::Result<Cli> {
     let matches = command.try_get_matches_from(&args).unwrap_or_else(|error| error.exit());
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit()))
 }
-
-use clap::Args as _;
 
 fn main() -> anyhow::Result<()> {
     let cli = parse_cli()?;

@@ -1,10 +1,13 @@
 //! The floor: the cheapest server that can do the benchmark's job at all.
 //!
-//! It accepts WebSocket connections at `/ws?token=`, checks the HS256 token, and on
-//! `POST /api/publish {"topic", "event", "data"}` builds one frame and writes it to every
-//! connection of that topic (each connection is in `user:{sub}` and `channel:bench`).
-//! Nothing else: no heartbeats, no metrics, no access rules. On loopback most of a
-//! delivery's cost is the kernel's TCP work; this is what Herald is measured against.
+//! WebSocket connections arrive on a bare TCP listener (no HTTP framework): the handshake
+//! is tungstenite's, the token (`?token=`, HS256) is checked in it, and each connection is
+//! in `user:{sub}` and `channel:bench`. A second listener (`PUBLISH_PORT`, default
+//! PORT+1) takes `POST /api/publish {"topic", "event", "data"}`, builds one frame and
+//! hands the same bytes to every connection of the topic, whose task writes it.
+//! Nothing else: no heartbeats, metrics, access rules, limits or shutdown. On loopback
+//! most of a delivery's cost is the kernel's TCP work; this is what Herald is measured
+//! against.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,17 +16,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use herald_auth::{AuthConfig, Verifier};
 use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// mimalloc: less memory per connection than the system allocator (see ARCHITECTURE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Subscribers = HashMap<u64, mpsc::Sender<Utf8Bytes>>;
 
@@ -31,11 +40,6 @@ struct Floor {
     verifier: Verifier,
     topics: RwLock<HashMap<String, Subscribers>>,
     next_id: AtomicU64,
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: String,
 }
 
 #[derive(Deserialize)]
@@ -49,32 +53,65 @@ struct Publish<'a> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8090);
+    let publish_port: u16 =
+        std::env::var("PUBLISH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(port.wrapping_add(1));
     let secret = std::env::var("JWT_SECRET").map_err(|_| anyhow::anyhow!("JWT_SECRET required"))?;
     let floor = Arc::new(Floor {
         verifier: Verifier::new(&AuthConfig::secret(secret))?,
         topics: RwLock::default(),
         next_id: AtomicU64::new(1),
     });
-    let app = Router::new()
-        .route("/ws", get(upgrade))
+    let publisher = Router::new()
         .route("/api/publish", post(publish))
         .route("/health", get(|| async { "ok" }))
-        .with_state(floor);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-    println!("herald-floor listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
-    Ok(())
+        .with_state(floor.clone());
+    let publish_listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], publish_port))).await?;
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("herald-floor websocket {} publish {}", listener.local_addr()?, publish_listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(publish_listener, publisher).await {
+            eprintln!("publish listener: {error}");
+        }
+    });
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, floor.clone()));
+            }
+            Err(error) => {
+                eprintln!("accept: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
-async fn upgrade(State(floor): State<Arc<Floor>>, Query(query): Query<TokenQuery>, ws: WebSocketUpgrade) -> Response {
-    let Ok(principal) = floor.verifier.verify(&query.token) else {
-        return StatusCode::UNAUTHORIZED.into_response();
+// The handshake callback's error type is tungstenite's own HTTP response.
+#[allow(clippy::result_large_err)]
+async fn serve(stream: TcpStream, floor: Arc<Floor>) {
+    if stream.set_nodelay(true).is_err() {
+        return;
+    }
+    let mut user_topic = None;
+    let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let token = request.uri().query().and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+        match token.map(|token| floor.verifier.verify(token)) {
+            Some(Ok(principal)) => {
+                user_topic = Some(format!("user:{}", principal.user_id));
+                Ok(response)
+            }
+            _ => {
+                let mut refusal = ErrorResponse::new(None);
+                *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+                Err(refusal)
+            }
+        }
     };
-    let user_topic = format!("user:{}", principal.user_id);
-    ws.read_buffer_size(4096).write_buffer_size(16 * 1024).on_upgrade(move |socket| serve(socket, floor, user_topic))
-}
-
-async fn serve(mut socket: WebSocket, floor: Arc<Floor>, user_topic: String) {
+    let config = WebSocketConfig::default().read_buffer_size(512).write_buffer_size(16 * 1024);
+    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await else {
+        return;
+    };
+    let Some(user_topic) = user_topic else { return };
     let id = floor.next_id.fetch_add(1, Ordering::Relaxed);
     let (sender, mut receiver) = mpsc::channel::<Utf8Bytes>(256);
     let topics = [user_topic, "channel:bench".to_owned()];
@@ -95,7 +132,7 @@ async fn serve(mut socket: WebSocket, floor: Arc<Floor>, user_topic: String) {
                 }
                 if socket.flush().await.is_err() { break; }
             }
-            incoming = socket.recv() => match incoming {
+            incoming = socket.next() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}
             },
@@ -105,6 +142,9 @@ async fn serve(mut socket: WebSocket, floor: Arc<Floor>, user_topic: String) {
     for topic in &topics {
         if let Some(subscribers) = map.get_mut(topic) {
             subscribers.remove(&id);
+            if subscribers.is_empty() {
+                map.remove(topic);
+            }
         }
     }
 }

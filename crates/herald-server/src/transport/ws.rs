@@ -35,6 +35,9 @@ use crate::limits::ConnectionPermit;
 use crate::state::AppState;
 use crate::wire::{self, Dialect};
 
+/// Initial read buffer per connection. Clients send little (commands, pings), and the
+/// buffer grows when a larger frame arrives, so idle connections stay small.
+pub const READ_BUFFER: usize = 512;
 /// Frames drained from the queue into one write when the client is behind.
 const MAX_BATCH: usize = 64;
 /// How long a close frame may take to leave before the socket is dropped anyway.
@@ -88,7 +91,7 @@ fn accept(
     let max = state.settings.max_payload;
     let task_state = state.clone();
     upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
