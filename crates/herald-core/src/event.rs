@@ -5,11 +5,12 @@
 //! its way to many sessions and caches one encoding per wire format: the first session
 //! of a format pays for the framing, every other one gets a clone of the same bytes.
 
+use std::any::Any;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 
 /// The longest event name accepted, in bytes.
@@ -18,17 +19,29 @@ pub const MAX_EVENT_NAME_LEN: usize = 100;
 /// How many distinct wire formats a delivery can cache. Transports pick their slots.
 pub const FORMAT_SLOTS: usize = 8;
 
-/// Names one cached encoding of a delivery. Transports define one constant per format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FormatSlot(usize);
+/// Names one cached encoding of a delivery and the type it is cached as (e.g. `Bytes`,
+/// or a transport's ready-to-send text type). Transports define one constant per format.
+#[derive(Debug)]
+pub struct FormatSlot<T> {
+    index: usize,
+    kind: PhantomData<fn() -> T>,
+}
 
-impl FormatSlot {
+impl<T> Clone for FormatSlot<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FormatSlot<T> {}
+
+impl<T> FormatSlot<T> {
     /// # Panics
     /// At compile time (in a `const`) or start-up when `index >= FORMAT_SLOTS`: a slot is a
     /// fixed table index chosen by the transport author, not runtime input.
     pub const fn new(index: usize) -> Self {
         assert!(index < FORMAT_SLOTS, "format slot out of range");
-        Self(index)
+        Self { index, kind: PhantomData }
     }
 }
 
@@ -108,7 +121,7 @@ pub struct Delivery {
     id: u64,
     /// When the event entered the node; used for the publish-to-enqueue histogram.
     accepted_at: Instant,
-    encoded: [OnceLock<Bytes>; FORMAT_SLOTS],
+    encoded: [OnceLock<Box<dyn Any + Send + Sync>>; FORMAT_SLOTS],
 }
 
 impl Delivery {
@@ -134,15 +147,23 @@ impl Delivery {
         self.accepted_at
     }
 
-    /// The event in the format of `slot`, encoded by `encode` the first time only.
-    pub fn encoded(&self, slot: FormatSlot, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.encoded[slot.0].get_or_init(|| encode(&self.event)).clone()
+    /// The event in the format of `slot`, encoded by `encode` the first time only; later
+    /// calls get a clone of the cached value (for `Bytes`, the same buffer).
+    pub fn encoded<T: Clone + Send + Sync + 'static>(&self, slot: FormatSlot<T>, encode: impl Fn(&Event) -> T) -> T {
+        let cached = self.encoded[slot.index].get_or_init(|| Box::new(encode(&self.event)));
+        match cached.downcast_ref::<T>() {
+            Some(value) => value.clone(),
+            // Two slot constants of different types share an index: a transport bug that
+            // costs an encoding per call, never a wrong frame.
+            None => encode(&self.event),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::atomic::AtomicUsize;
 
     #[test]
@@ -154,13 +175,16 @@ mod tests {
             calls.fetch_add(1, Ordering::SeqCst);
             Bytes::from(format!("{}={}", event.name(), event.data().get()))
         };
-        let slot_a = FormatSlot::new(0);
-        let slot_b = FormatSlot::new(1);
+        let slot_a: FormatSlot<Bytes> = FormatSlot::new(0);
+        let slot_b: FormatSlot<Bytes> = FormatSlot::new(1);
         for _ in 0..100 {
             assert_eq!(delivery.encoded(slot_a, encode), Bytes::from("notification={\"a\":1}"));
         }
         delivery.encoded(slot_b, encode);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The same index read as another type is encoded afresh, never mistyped.
+        let clash: FormatSlot<String> = FormatSlot::new(0);
+        assert_eq!(delivery.encoded(clash, |event| event.name().to_owned()), "notification");
     }
 
     #[test]

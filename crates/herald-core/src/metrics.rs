@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// Gauge, label `transport`: sessions open now.
 pub const CONNECTIONS_ACTIVE: &str = "herald_connections_active";
@@ -35,18 +35,25 @@ pub const PUBLISHES: &str = "herald_publishes_total";
 const MAX_EVENT_LABELS: usize = 64;
 
 /// The `event` label for `name`: the name itself for the first [`MAX_EVENT_LABELS`]
-/// distinct names seen, `other` afterwards.
-pub fn event_label(name: &str) -> String {
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let mut seen = SEEN.get_or_init(Default::default).lock();
-    if seen.contains(name) {
-        return name.to_owned();
+/// distinct names seen, `other` afterwards. Labels are interned (at most
+/// [`MAX_EVENT_LABELS`] small strings live for the whole process), so recording a metric
+/// on the hot path neither allocates nor takes a write lock.
+pub fn event_label(name: &str) -> &'static str {
+    static SEEN: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(label) = seen.read().get(name) {
+        return label;
     }
-    if seen.len() < MAX_EVENT_LABELS {
-        seen.insert(name.to_owned());
-        return name.to_owned();
+    let mut seen = seen.write();
+    if let Some(label) = seen.get(name) {
+        return label;
     }
-    "other".to_owned()
+    if seen.len() >= MAX_EVENT_LABELS {
+        return "other";
+    }
+    let label: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    seen.insert(label);
+    label
 }
 
 /// Counts one error answered to a client.

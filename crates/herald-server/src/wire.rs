@@ -6,6 +6,7 @@
 //! Each (transport, dialect) pair that frames bytes itself owns one [`FormatSlot`], so a
 //! delivery is framed at most once per format whatever the number of recipients.
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::{Delivery, Event, FormatSlot};
 
@@ -56,14 +57,15 @@ impl Dialect {
     }
 }
 
-/// `{"type": NAME, "payload": DATA}` for `/ws`.
-pub const WS_CANONICAL: FormatSlot = FormatSlot::new(0);
+/// `{"type": NAME, "payload": DATA}` for `/ws`, as ready-to-send WebSocket text (its UTF-8
+/// check done once, not per recipient).
+pub const WS_CANONICAL: FormatSlot<Utf8Bytes> = FormatSlot::new(0);
 /// `{"type": NAME, "payload": DATA}` with seed 001 names for `/api/community/ws`.
-pub const WS_COMMUNITY: FormatSlot = FormatSlot::new(1);
+pub const WS_COMMUNITY: FormatSlot<Utf8Bytes> = FormatSlot::new(1);
 /// `id:`/`event:`/`data:` for SSE `/events`.
-pub const SSE_CANONICAL: FormatSlot = FormatSlot::new(2);
+pub const SSE_CANONICAL: FormatSlot<Bytes> = FormatSlot::new(2);
 /// `id:` and `data: {"type": NAME, "data": DATA}` for seed 002's `/notifications/events`.
-pub const SSE_NOTIFICATIONS: FormatSlot = FormatSlot::new(3);
+pub const SSE_NOTIFICATIONS: FormatSlot<Bytes> = FormatSlot::new(3);
 
 /// Writes `text` as a JSON string.
 fn put_json_string(buffer: &mut BytesMut, text: &str) {
@@ -91,10 +93,16 @@ pub fn ws_frame(name: &str, data: &str) -> Bytes {
     typed_envelope(name, "payload", data).freeze()
 }
 
+/// A plain WebSocket text frame: `{"type":NAME,"payload":DATA}`.
+pub fn ws_text(name: &str, data: &str) -> Utf8Bytes {
+    // The envelope is built from two &str and ASCII, so it is UTF-8; the check cannot fail.
+    Utf8Bytes::try_from(ws_frame(name, data)).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
 /// The cached plain WebSocket encoding of a delivery for `dialect`.
-pub fn ws_encoded(delivery: &Delivery, dialect: Dialect) -> Bytes {
+pub fn ws_encoded(delivery: &Delivery, dialect: Dialect) -> Utf8Bytes {
     let slot = if dialect == Dialect::Community { WS_COMMUNITY } else { WS_CANONICAL };
-    delivery.encoded(slot, |event: &Event| ws_frame(dialect.outgoing(event.name()), event.data().get()))
+    delivery.encoded(slot, |event: &Event| ws_text(dialect.outgoing(event.name()), event.data().get()))
 }
 
 /// One SSE message. `data` must be on one line (events guarantee it).
@@ -144,7 +152,7 @@ mod tests {
     #[test]
     fn ws_frames_are_json_objects_with_type_and_payload() {
         let frame = ws_encoded(&delivery("notification", json!({"id": "1"})), Dialect::Canonical);
-        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
         assert_eq!(value, json!({"type": "notification", "payload": {"id": "1"}}));
     }
 
@@ -156,7 +164,7 @@ mod tests {
         assert_eq!(Dialect::Notifications.outgoing("notification:unread-count"), "unread_count");
         assert_eq!(Dialect::Canonical.outgoing("notification:new"), "notification:new");
         let frame = ws_encoded(&delivery("message:new", json!({})), Dialect::Community);
-        assert!(frame.starts_with(b"{\"type\":\"CHAT_MESSAGE\""));
+        assert!(frame.as_str().starts_with("{\"type\":\"CHAT_MESSAGE\""));
     }
 
     #[test]

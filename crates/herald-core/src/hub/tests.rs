@@ -193,7 +193,7 @@ fn fan_out_shares_one_encoding() {
     let _sessions: Vec<_> =
         outlets.iter().enumerate().map(|(i, o)| hub.register(principal(&format!("u{i}")), "ws", o.clone())).collect();
     hub.dispatch(&[topic("global")], delivery("shared"));
-    let slot = FormatSlot::new(0);
+    let slot: FormatSlot<bytes::Bytes> = FormatSlot::new(0);
     let first = outlets[0].received.lock()[0].encoded(slot, |e| bytes::Bytes::from(e.data().get().to_owned()));
     for outlet in &outlets {
         let bytes = outlet.received.lock()[0].encoded(slot, |_| panic!("encoded twice"));

@@ -201,10 +201,10 @@ async fn send_batch(
     queue: &mut mpsc::Receiver<Arc<Delivery>>,
     dialect: Dialect,
 ) -> Result<(), axum::Error> {
-    socket.feed(text(wire::ws_encoded(&first, dialect))).await?;
+    socket.feed(Message::Text(wire::ws_encoded(&first, dialect))).await?;
     for _ in 1..MAX_BATCH {
         match queue.try_recv() {
-            Ok(next) => socket.feed(text(wire::ws_encoded(&next, dialect))).await?,
+            Ok(next) => socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?,
             Err(_) => break,
         }
     }
@@ -230,7 +230,7 @@ async fn run(mut socket: WebSocket, state: AppState, principal: Principal, diale
             // Shutdown: flush what is already queued, then say goodbye.
             let drain = async {
                 while let Ok(next) = queue.try_recv() {
-                    socket.feed(text(wire::ws_encoded(&next, dialect))).await?;
+                    socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?;
                 }
                 socket.flush().await
             };
