@@ -29,6 +29,10 @@ pub const SLOW_CONSUMER_DISCONNECTS: &str = "herald_slow_consumer_disconnects_to
 pub const SESSIONS_CLOSED: &str = "herald_sessions_closed_total";
 /// Counter: publishes accepted by the HTTP API.
 pub const PUBLISHES: &str = "herald_publishes_total";
+/// Gauge: distinct users connected (updated when `/metrics` is scraped).
+pub const UNIQUE_USERS: &str = "herald_unique_users";
+/// Gauge: topics with at least one local subscriber (updated when `/metrics` is scraped).
+pub const TOPICS_ACTIVE: &str = "herald_topics_active";
 
 /// How many distinct event names get a label of their own; the rest share `other`,
 /// so a producer inventing names cannot blow up the metric cardinality.

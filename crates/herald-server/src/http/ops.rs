@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use herald_core::metrics as m;
 use http::StatusCode;
 use serde_json::json;
 
@@ -33,8 +34,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.hub.stats();
-    metrics::gauge!("herald_unique_users").set(stats.unique_users as f64);
-    metrics::gauge!("herald_topics_active").set(stats.topics as f64);
+    metrics::gauge!(m::UNIQUE_USERS).set(stats.unique_users as f64);
+    metrics::gauge!(m::TOPICS_ACTIVE).set(stats.topics as f64);
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }
 
