@@ -193,17 +193,7 @@ fn start_session(state: &AppState, socket: &SocketRef, principal: Principal, dia
     let permit = socket.extensions.get::<PendingPermit>().and_then(|pending| pending.0.lock().take());
     let outlet = Arc::new(SocketOutlet { socket: socket.clone(), dialect });
     let guard = state.hub.register(principal, "socketio", outlet);
-    let user_id = guard.principal().user_id.as_str().to_owned();
-    let session_id = guard.id().to_string();
     socket.extensions.insert(Arc::new(SocketSession { guard, _permit: permit }));
-    if dialect == Dialect::Canonical {
-        emit(socket, "authenticated", &json!({"success": true, "userId": user_id}));
-        emit(
-            socket,
-            "connected",
-            &json!({"userId": user_id, "socketId": socket.id.to_string(), "sessionId": session_id}),
-        );
-    }
 }
 
 fn emit(socket: &SocketRef, event: &str, data: &Value) {
