@@ -53,6 +53,10 @@ async fn seed_000_authenticate_event_and_grace_period() {
     assert_eq!(late.event("authenticated").await[0]["success"], true);
     publish_ok(&gateway, json!({"topic": "user:late", "data": {"ok": 1}})).await;
     assert_eq!(late.event("notification").await[0], json!({"ok": 1}));
+    // Everything before the notification has been read: the greeting came exactly once
+    // (`authenticated` was consumed above, `connected` was skipped).
+    let count = |name: &str| late.seen.iter().filter(|r| r["event"] == name).count();
+    assert_eq!((count("authenticated"), count("connected")), (0, 1), "{:?}", late.seen);
 
     let mut wrong = driver(&gateway, "/", json!({}));
     wrong.kind("connect").await;
