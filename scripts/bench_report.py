@@ -41,11 +41,41 @@ def key(run):
     return (run["scenario"], run.get("args", ""))
 
 
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def aggregate(group):
+    """One row from the rounds of one (scenario, args, target): medians of the figures,
+    sums of the counts, the CPU spread kept for display."""
+    good = [run for run in group if "error" not in run]
+    if not good:
+        return group[0]
+    if good[0]["scenario"] == "connect" or len(good) == 1:
+        row = dict(good[0])
+        row["rounds"] = len(group)
+        row["cpu_spread"] = None
+        row["failed_rounds"] = len(group) - len(good)
+        return row
+    row = dict(good[0])
+    for key in ("delivered", "expected", "lost", "failed_publishes"):
+        row[key] = sum(run[key] for run in good)
+    for key in ("deliveries_per_second", "server_cpu_us_per_delivery", "loadgen_cpu_us_per_delivery"):
+        row[key] = median([run[key] for run in good])
+    row["latency"] = {key: median([run["latency"][key] for run in good]) for key in good[0]["latency"]}
+    row["cpu"] = dict(good[0]["cpu"], machine_busy=median([run["cpu"]["machine_busy"] for run in good]))
+    cpus = [run["server_cpu_us_per_delivery"] for run in good]
+    row["cpu_spread"] = (min(cpus), max(cpus))
+    row["rounds"] = len(group)
+    row["failed_rounds"] = len(group) - len(good)
+    return row
+
+
 def find(scenario, args, label):
-    for run in runs:
-        if run.get("scenario") == scenario and run.get("args") == args and run.get("label") == label:
-            return run
-    return None
+    group = [run for run in runs if run.get("scenario") == scenario and run.get("args") == args and run.get("label") == label]
+    return aggregate(group) if group else None
 
 
 def ratio(a, b):
@@ -79,7 +109,11 @@ out("The floor takes WebSocket connections on a bare TCP listener (tungstenite's
 out("Server CPU per delivery is the server process's user+system CPU over the measured window divided by the deliveries; load-generator CPU and whole-machine busy fraction are shown so that a machine-bound run is visible.")
 out("")
 
-connect_runs = [r for r in runs if r.get("scenario") == "connect"]
+connect_labels = []
+for run in runs:
+    if run.get("scenario") == "connect" and run["label"] not in connect_labels:
+        connect_labels.append(run["label"])
+connect_runs = [find("connect", next(r["args"] for r in runs if r.get("scenario") == "connect" and r["label"] == label), label) for label in connect_labels]
 if connect_runs:
     out("## connect")
     out("")
@@ -109,6 +143,10 @@ for scenario, args in seen:
     out("")
     out(f"Arguments: `{args}`")
     out("")
+    rounds = max((find(scenario, args, label) or {}).get("rounds", 1) for label in ("floor", "herald-ws", "herald-sio", "reference-ws", "reference-sio"))
+    if rounds > 1:
+        out(f"Medians over {rounds} rounds (targets interleaved in each round); delivered/expected sum all rounds; the server CPU column shows the median and, in brackets, the range.")
+        out("")
     out("| target | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | ×floor | ×reference | loadgen µs/delivery | machine busy |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     floor = find(scenario, args, "floor")
@@ -123,15 +161,19 @@ for scenario, args in seen:
         reference_label = {"herald-ws": "reference-ws", "herald-sio": "reference-sio"}.get(label)
         reference = find(scenario, args, reference_label) if reference_label else None
         cpu = run["server_cpu_us_per_delivery"]
+        spread = run.get("cpu_spread")
+        cpu_text = f"{cpu:.2f}" + (f" [{spread[0]:.2f}–{spread[1]:.2f}]" if spread else "")
         floor_cpu = floor["server_cpu_us_per_delivery"] if floor and "error" not in floor else None
         reference_cpu = reference["server_cpu_us_per_delivery"] if reference and "error" not in reference else None
         lat = run["latency"]
         extra = ""
         if scenario == "churn":
             extra = f" (churned {run.get('churned_connections')}, failures {run.get('churn_failures') or 0}, RSS {kib(run.get('rss_baseline_bytes'))} → {kib(run.get('rss_after_bytes'))} KiB)"
-        out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu:.2f} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu_text} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
         if run["lost"] or run["failed_publishes"]:
             problems.append(f"{label} {scenario} {args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
+        if run.get("failed_rounds"):
+            problems.append(f"{label} {scenario} {args}: {run['failed_rounds']} round(s) failed")
     out("")
 
 # The issue's targets, checked against this run's figures.
