@@ -14,7 +14,6 @@ use herald_auth::Verifier;
 use herald_core::hub::HubLimits;
 use herald_core::{Broker, CloseReason, ErrorCode, Hub, MemoryBroker};
 use http::{HeaderValue, Method};
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,16 +27,12 @@ use crate::state::{AppState, Shared};
 use crate::telemetry;
 use crate::transport::{socketio, sse, ws};
 
-/// How long Socket.IO clients get to fetch their last packets at shutdown.
-const SOCKETIO_DRAIN_GRACE: Duration = Duration::from_secs(1);
-
 /// How often expired tokens and idle sessions are looked for.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
 /// A built gateway with its listener bound, not yet serving.
 pub struct App {
     state: AppState,
-    io: SocketIo,
     router: Router,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -84,18 +79,8 @@ impl App {
             started_at: Instant::now(),
             settings,
         }));
-        let (io_layer, io) = SocketIo::builder()
-            .ping_interval(state.settings.socketio_ping_interval)
-            .ping_timeout(state.settings.socketio_ping_timeout)
-            .max_buffer_size(state.settings.socketio_buffer)
-            .max_payload(state.settings.max_payload as u64)
-            .ws_read_buffer_size(crate::transport::ws::READ_BUFFER)
-            .ws_max_message_size(state.settings.max_payload)
-            .ws_max_frame_size(state.settings.max_payload)
-            .build_layer();
-        socketio::register(&io, state.clone());
-        let router = router(state.clone()).layer(io_layer).layer(cors(&state.settings.cors_origins));
-        Ok(Self { state, io, router, listener, metrics_listener })
+        let router = router(state.clone()).layer(cors(&state.settings.cors_origins));
+        Ok(Self { state, router, listener, metrics_listener })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -139,7 +124,6 @@ impl App {
                 }
             });
         }
-        let io = self.io;
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and the
         // peer's delayed ACK hold some of them back by ~40 ms.
@@ -156,28 +140,8 @@ impl App {
             stop.cancelled().await;
             tracing::info!("shutting down: closing sessions");
             let deadline = serve_state.settings.shutdown_timeout;
-            // Socket.IO clients get a namespace disconnect packet after what is already in
-            // their buffer; queued WebSocket and SSE events are flushed by their own tasks,
-            // which watch the same token.
-            let disconnect_sockets = async {
-                let mut had_sockets = false;
-                for namespace in io.nsps() {
-                    had_sockets |= !namespace.clone().sockets().is_empty();
-                    if let Err(error) = namespace.disconnect().await {
-                        tracing::debug!(?error, "socket.io namespace disconnect");
-                    }
-                }
-                if had_sockets {
-                    // A long-polling client fetches its last packets (and the disconnect)
-                    // with its next poll, which it pauses while upgrading to websocket;
-                    // give it a moment before the engine closes the transports.
-                    tokio::time::sleep(SOCKETIO_DRAIN_GRACE.min(deadline)).await;
-                }
-                io.close().await;
-            };
-            if tokio::time::timeout(deadline, disconnect_sockets).await.is_err() {
-                tracing::warn!("socket.io sockets not closed before the deadline");
-            }
+            // Every connection task (WebSocket, SSE, Socket.IO) watches the same token:
+            // it flushes what is queued, tells its client, and ends.
             serve_state.tasks.close();
             if tokio::time::timeout(deadline, serve_state.tasks.wait()).await.is_err() {
                 tracing::warn!("connection tasks still running at the shutdown deadline");
@@ -229,9 +193,10 @@ impl Running {
     }
 }
 
-/// The HTTP routes (Socket.IO is added as a layer by [`App::bind_with`]).
+/// The HTTP routes, Socket.IO's included.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_payload;
+    let socketio = socketio::routes(state.clone()).layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -247,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+        .merge(socketio)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -67,6 +67,11 @@ pub const SSE_CANONICAL: FormatSlot<Bytes> = FormatSlot::new(2);
 /// `id:` and `data: {"type": NAME, "data": DATA}` for seed 002's `/notifications/events`.
 pub const SSE_NOTIFICATIONS: FormatSlot<Bytes> = FormatSlot::new(3);
 
+/// `42["NAME",DATA]` (Engine.IO message carrying a Socket.IO event) for namespace `/`.
+pub const SIO_ROOT: FormatSlot<Utf8Bytes> = FormatSlot::new(4);
+/// `42/notifications,["NAME",DATA]` with seed 002's names.
+pub const SIO_NOTIFICATIONS: FormatSlot<Utf8Bytes> = FormatSlot::new(5);
+
 /// Writes `text` as a JSON string.
 fn put_json_string(buffer: &mut BytesMut, text: &str) {
     let mut writer = buffer.writer();
@@ -103,6 +108,16 @@ pub fn ws_text(name: &str, data: &str) -> Utf8Bytes {
 pub fn ws_encoded(delivery: &Delivery, dialect: Dialect) -> Utf8Bytes {
     let slot = if dialect == Dialect::Community { WS_COMMUNITY } else { WS_CANONICAL };
     delivery.encoded(slot, |event: &Event| ws_text(dialect.outgoing(event.name()), event.data().get()))
+}
+
+/// The cached Socket.IO encoding of a delivery for the namespace of `dialect`.
+pub fn sio_encoded(delivery: &Delivery, dialect: Dialect) -> Utf8Bytes {
+    use crate::transport::socketio::{event_text, namespace_of};
+    let slot = if dialect == Dialect::Notifications { SIO_NOTIFICATIONS } else { SIO_ROOT };
+    delivery.encoded(slot, |event: &Event| {
+        let name = dialect.outgoing(event.name());
+        Utf8Bytes::from(event_text(namespace_of(dialect), name, event.data().get()))
+    })
 }
 
 /// One SSE message. `data` must be on one line (events guarantee it).

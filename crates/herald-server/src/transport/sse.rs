@@ -111,6 +111,20 @@ fn closing_message(reason: CloseReason, dialect: Dialect) -> Bytes {
     }
 }
 
+/// The stream's last chunk: at shutdown what is still queued, then the reason.
+fn last_chunk(s: &mut StreamState, reason: CloseReason) -> Bytes {
+    let mut chunk = Vec::new();
+    if reason == CloseReason::ServerShutdown {
+        while let Ok(delivery) = s.queue.try_recv() {
+            chunk.extend_from_slice(&wire::sse_encoded(&delivery, s.dialect));
+        }
+    }
+    chunk.extend_from_slice(&closing_message(reason, s.dialect));
+    s.finished = true;
+    tracing::debug!(session = %s.session.id(), %reason, "sse stream closed");
+    Bytes::from(chunk)
+}
+
 async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, StreamState)> {
     if s.finished {
         return None;
@@ -121,21 +135,10 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, St
     tokio::select! {
         biased;
         _ = s.signal.closed() => {
-            s.finished = true;
             let reason = s.signal.reason().unwrap_or(CloseReason::ServerShutdown);
-            Some((Ok(closing_message(reason, s.dialect)), s))
+            Some((Ok(last_chunk(&mut s, reason)), s))
         }
-        _ = s.state.shutdown.cancelled() => {
-            // Drain what is queued, then end the stream.
-            let mut chunk = Vec::new();
-            while let Ok(delivery) = s.queue.try_recv() {
-                chunk.extend_from_slice(&wire::sse_encoded(&delivery, s.dialect));
-            }
-            chunk.extend_from_slice(&closing_message(CloseReason::ServerShutdown, s.dialect));
-            s.finished = true;
-            tracing::debug!(session = %s.session.id(), "sse stream closed for shutdown");
-            Some((Ok(Bytes::from(chunk)), s))
-        }
+        _ = s.state.shutdown.cancelled() => Some((Ok(last_chunk(&mut s, CloseReason::ServerShutdown)), s)),
         Some(delivery) = s.queue.recv() => {
             s.session.touch();
             let first = wire::sse_encoded(&delivery, s.dialect);

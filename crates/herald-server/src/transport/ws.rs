@@ -39,7 +39,7 @@ use crate::wire::{self, Dialect};
 /// buffer grows when a larger frame arrives, so idle connections stay small.
 pub const READ_BUFFER: usize = 512;
 /// Frames drained from the queue into one write when the client is behind.
-const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,17 +88,20 @@ fn accept(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
-    let max = state.settings.max_payload;
     let task_state = state.clone();
+    configure(upgrade, state.settings.max_payload).on_upgrade(move |socket| {
+        let tasks = task_state.tasks.clone();
+        tasks.track_future(run(socket, task_state, principal, dialect, permit))
+    })
+}
+
+/// Buffer sizes and frame limits shared by every WebSocket Herald accepts.
+pub fn configure(upgrade: WebSocketUpgrade, max_payload: usize) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tasks = task_state.tasks.clone();
-            tasks.track_future(run(socket, task_state, principal, dialect, permit))
-        })
+        .max_message_size(max_payload)
+        .max_frame_size(max_payload)
 }
 
 #[derive(Deserialize)]
@@ -180,12 +183,12 @@ fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard) -> Message {
 }
 
 /// Whether a receive error means the client sent a frame over the size limit.
-fn is_too_large(error: &axum::Error) -> bool {
+pub fn is_too_large(error: &axum::Error) -> bool {
     let text = error.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
-async fn send_close(socket: &mut WebSocket, code: u16, reason: &str) {
+pub async fn send_close(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
     match tokio::time::timeout(CLOSE_TIMEOUT, socket.send(frame)).await {
         Ok(Ok(())) => {}
@@ -246,7 +249,7 @@ async fn run(mut socket: WebSocket, state: AppState, principal: Principal, diale
 }
 
 /// How a session loop ended.
-enum End {
+pub enum End {
     /// Send this close frame.
     Close(u16, &'static str),
     /// Shutting down: drain the queue, then close with 1001.

@@ -1,0 +1,500 @@
+//! One Engine.IO connection's Socket.IO side: its namespace sockets, their hub sessions,
+//! and the commands they accept. Transport-neutral: long-polling and WebSocket both feed
+//! it message text and drain its one bounded queue.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use axum::extract::ws::Utf8Bytes;
+use herald_core::metrics::{self as m, count_error};
+use herald_core::{CloseReason, Delivery, ErrorCode, OfferError, Outlet, Principal, SessionGuard, Topic, TopicKind};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::packet::{self, Kind};
+use crate::limits::ConnectionPermit;
+use crate::state::AppState;
+use crate::wire::{self, Dialect};
+
+/// One item of a connection's outgoing queue.
+pub enum Outgoing {
+    /// A published event, framed once per namespace for every recipient.
+    Event(Arc<Delivery>, Dialect),
+    /// Any other packet (acks, greetings, errors, pings), as Engine.IO text.
+    Packet(Box<str>),
+}
+
+impl Outgoing {
+    pub fn into_text(self) -> Utf8Bytes {
+        match self {
+            Outgoing::Event(delivery, dialect) => wire::sio_encoded(&delivery, dialect),
+            Outgoing::Packet(text) => Utf8Bytes::from(String::from(text)),
+        }
+    }
+
+    pub fn packet(text: impl Into<Box<str>>) -> Self {
+        Outgoing::Packet(text.into())
+    }
+}
+
+/// What the hub's outlets and the connection's driver share.
+pub struct Link {
+    sender: mpsc::Sender<Outgoing>,
+    /// Namespace sockets the hub closed, waiting for the driver to tell their clients.
+    closing: Mutex<Vec<(Dialect, CloseReason)>>,
+    /// Set when the whole connection must end (its queue overflowed).
+    fatal: OnceLock<CloseReason>,
+    /// Cancelled with `fatal`, to abandon a write stuck on a client that stopped reading.
+    pub fatal_signal: CancellationToken,
+    /// Wakes the driver when `closing` or `fatal` changed.
+    pub attention: Notify,
+}
+
+impl Link {
+    fn push(&self, item: Outgoing) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(item) {
+            self.fail(CloseReason::SlowConsumer);
+        }
+    }
+
+    fn fail(&self, reason: CloseReason) {
+        if reason == CloseReason::SlowConsumer && self.fatal.get().is_none() {
+            metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS, "transport" => "socketio").increment(1);
+        }
+        let _first = self.fatal.set(reason);
+        self.fatal_signal.cancel();
+        self.attention.notify_one();
+    }
+}
+
+/// The hub's outlet for one namespace socket: the connection's shared queue. A full
+/// queue is a slow consumer and ends the whole connection.
+struct SocketOutlet {
+    link: Arc<Link>,
+    dialect: Dialect,
+}
+
+impl Outlet for SocketOutlet {
+    fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
+        self.link.sender.try_send(Outgoing::Event(delivery.clone(), self.dialect)).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => OfferError::Full,
+            mpsc::error::TrySendError::Closed(_) => OfferError::Closed,
+        })
+    }
+
+    fn close(&self, reason: CloseReason) {
+        if reason == CloseReason::SlowConsumer {
+            // The hub already counted it.
+            let _first = self.link.fatal.set(reason);
+            self.link.fatal_signal.cancel();
+        } else {
+            self.link.closing.lock().push((self.dialect, reason));
+        }
+        self.link.attention.notify_one();
+    }
+}
+
+/// A client's socket on one namespace.
+struct NsSocket {
+    dialect: Dialect,
+    id: Box<str>,
+    /// `None` until authenticated (namespace `/` allows a grace period).
+    session: Option<SessionGuard>,
+}
+
+/// The namespaces Herald serves, with their dialects.
+pub fn dialect_of(namespace: &str) -> Option<Dialect> {
+    match namespace {
+        "/" => Some(Dialect::Canonical),
+        "/notifications" => Some(Dialect::Notifications),
+        _ => None,
+    }
+}
+
+pub fn namespace_of(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Notifications => "/notifications",
+        _ => "/",
+    }
+}
+
+type CommandResult = Result<Value, (ErrorCode, String)>;
+
+/// A random identifier for engine sessions and sockets, safe in a URL.
+pub fn new_id() -> Box<str> {
+    format!("{:032x}", rand::random::<u128>()).into_boxed_str()
+}
+
+pub struct Conn {
+    state: AppState,
+    pub link: Arc<Link>,
+    /// The token in the handshake request (`Authorization: Bearer` or `?token=`).
+    request_token: Option<Box<str>>,
+    sockets: Mutex<Vec<NsSocket>>,
+    _permit: ConnectionPermit,
+}
+
+impl Conn {
+    pub fn new(
+        state: AppState,
+        request_token: Option<String>,
+        permit: ConnectionPermit,
+    ) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
+        let (sender, receiver) = mpsc::channel(state.settings.socketio_buffer);
+        let link = Arc::new(Link {
+            sender,
+            closing: Mutex::default(),
+            fatal: OnceLock::new(),
+            fatal_signal: CancellationToken::new(),
+            attention: Notify::new(),
+        });
+        let conn = Arc::new(Self {
+            state,
+            link,
+            request_token: request_token.map(String::into_boxed_str),
+            sockets: Mutex::default(),
+            _permit: permit,
+        });
+        (conn, receiver)
+    }
+
+    fn push(&self, text: String) {
+        self.link.push(Outgoing::packet(text));
+    }
+
+    /// Queues an Engine.IO packet (a ping, a pong, a noop) behind what is already queued.
+    pub fn send_packet(&self, text: String) {
+        self.push(text);
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.state.settings.max_payload
+    }
+
+    fn emit(&self, dialect: Dialect, event: &str, data: &Value) {
+        self.push(packet::event_text(namespace_of(dialect), event, &data.to_string()));
+    }
+
+    fn emit_error(&self, dialect: Dialect, code: ErrorCode, message: &str) {
+        count_error(code);
+        self.emit(dialect, "error", &json!({"message": message, "code": code.as_str()}));
+    }
+
+    /// Acts on the hub's closes. Returns the reason when the whole connection must end.
+    pub fn take_closes(&self) -> Option<CloseReason> {
+        if let Some(reason) = self.link.fatal.get() {
+            return Some(*reason);
+        }
+        let closes = std::mem::take(&mut *self.link.closing.lock());
+        for (dialect, reason) in closes {
+            self.disconnect(dialect, reason);
+        }
+        self.link.fatal.get().copied()
+    }
+
+    /// Tells a namespace socket's client why it is closed, then disconnects it.
+    fn disconnect(&self, dialect: Dialect, reason: CloseReason) {
+        let removed = {
+            let mut sockets = self.sockets.lock();
+            sockets.iter().position(|socket| socket.dialect == dialect).map(|index| sockets.swap_remove(index))
+        };
+        if removed.is_none() {
+            return;
+        }
+        let code =
+            if reason == CloseReason::AuthTimeout { ErrorCode::NotAuthenticated.as_str() } else { reason.as_str() };
+        self.emit(dialect, "error", &json!({"code": code, "message": reason.message()}));
+        self.push(packet::socketio_text(Kind::Disconnect, namespace_of(dialect), None, ""));
+    }
+
+    /// Shutdown: every namespace socket is told `disconnect` (after what is already queued).
+    pub fn disconnect_all(&self) {
+        let dialects: Vec<Dialect> = self.sockets.lock().iter().map(|socket| socket.dialect).collect();
+        for dialect in dialects {
+            self.sockets.lock().retain(|socket| socket.dialect != dialect);
+            self.push(packet::socketio_text(Kind::Disconnect, namespace_of(dialect), None, ""));
+        }
+    }
+
+    /// The Socket.IO packets of one Eng.IO message from the client.
+    pub fn on_message(self: &Arc<Self>, text: &str) {
+        let packet = match packet::parse_socketio(text) {
+            Ok(packet) => packet,
+            Err(error) => {
+                count_error(ErrorCode::InvalidPayload);
+                tracing::debug!(%error, "malformed socket.io packet");
+                self.emit_error(Dialect::Canonical, ErrorCode::InvalidPayload, &error.to_string());
+                return;
+            }
+        };
+        match packet.kind {
+            Kind::Connect => self.connect(packet.namespace, packet.data),
+            Kind::Disconnect => {
+                if let Some(dialect) = dialect_of(packet.namespace) {
+                    self.sockets.lock().retain(|socket| socket.dialect != dialect);
+                }
+            }
+            Kind::Event => self.event(packet.namespace, packet.ack, packet.data),
+            Kind::Ack => tracing::trace!("client ack ignored: Herald emits without acks"),
+            Kind::BinaryEvent | Kind::BinaryAck | Kind::ConnectError => {
+                let Some(dialect) = self.connected(packet.namespace) else { return };
+                let message = "binary attachments are not supported; send JSON";
+                self.answer(dialect, packet.ack, Err((ErrorCode::InvalidPayload, message.into())));
+            }
+        }
+    }
+
+    /// A binary WebSocket frame: attachments are not supported.
+    pub fn reject_binary(&self) {
+        self.emit_error(
+            Dialect::Canonical,
+            ErrorCode::InvalidPayload,
+            "binary attachments are not supported; send JSON",
+        );
+    }
+
+    fn connected(&self, namespace: &str) -> Option<Dialect> {
+        let dialect = dialect_of(namespace)?;
+        self.sockets.lock().iter().any(|socket| socket.dialect == dialect).then_some(dialect)
+    }
+
+    fn refuse(&self, namespace: &str, code: ErrorCode, message: &str) {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => code.as_str()).increment(1);
+        let body = json!({"message": format!("{code}: {message}"), "data": {"code": code.as_str()}});
+        self.push(packet::socketio_text(Kind::ConnectError, namespace, None, &body.to_string()));
+    }
+
+    /// A namespace CONNECT: the token in `auth.token`, else the handshake request's.
+    fn connect(self: &Arc<Self>, namespace: &str, data: &str) {
+        let Some(dialect) = dialect_of(namespace) else {
+            let body = json!({"message": "Invalid namespace"}).to_string();
+            self.push(packet::socketio_text(Kind::ConnectError, namespace, None, &body));
+            return;
+        };
+        if self.connected(namespace).is_some() {
+            return self.refuse(namespace, ErrorCode::InvalidPayload, "already connected to this namespace");
+        }
+        let auth: Option<Value> = match data {
+            "" => None,
+            data => match serde_json::from_str(data) {
+                Ok(auth) => Some(auth),
+                Err(_) => return self.refuse(namespace, ErrorCode::InvalidJson, "auth is not valid JSON"),
+            },
+        };
+        let token = auth
+            .as_ref()
+            .and_then(|auth| auth.get("token"))
+            .and_then(Value::as_str)
+            .map(|token| token.strip_prefix("Bearer ").unwrap_or(token))
+            .filter(|token| !token.is_empty())
+            .or(self.request_token.as_deref());
+        let principal = match (token, dialect) {
+            (Some(token), _) => Some(self.state.verifier.verify(token)),
+            (None, Dialect::Notifications) => Some(Err(herald_auth::AuthError::missing())),
+            (None, _) => None,
+        };
+        let principal = match principal.transpose() {
+            Ok(principal) => principal,
+            Err(error) => return self.refuse(namespace, error.code, &error.message),
+        };
+        let id = new_id();
+        let connect = json!({"sid": &*id}).to_string();
+        let authenticated = principal.is_some();
+        let session = principal.map(|principal| self.register(principal, dialect));
+        self.sockets.lock().push(NsSocket { dialect, id, session });
+        self.push(packet::socketio_text(Kind::Connect, namespace, None, &connect));
+        if authenticated {
+            self.greet(dialect);
+        } else {
+            self.start_auth_grace(dialect);
+        }
+    }
+
+    fn register(&self, principal: Principal, dialect: Dialect) -> SessionGuard {
+        let outlet = Arc::new(SocketOutlet { link: self.link.clone(), dialect });
+        self.state.hub.register(principal, "socketio", outlet)
+    }
+
+    /// Seed 000: a socket on `/` without a token must send `authenticate` in time.
+    fn start_auth_grace(self: &Arc<Self>, dialect: Dialect) {
+        let conn: Weak<Self> = Arc::downgrade(self);
+        let grace = self.state.settings.auth_timeout;
+        let shutdown = self.state.shutdown.clone();
+        self.state.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(conn) = conn.upgrade() else { return };
+            let pending =
+                conn.sockets.lock().iter().any(|socket| socket.dialect == dialect && socket.session.is_none());
+            if pending {
+                metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::AuthTimeout.as_str()).increment(1);
+                conn.link.closing.lock().push((dialect, CloseReason::AuthTimeout));
+                conn.link.attention.notify_one();
+            }
+        });
+    }
+
+    /// Tells a freshly authenticated socket on `/` who it is.
+    fn greet(&self, dialect: Dialect) {
+        if dialect != Dialect::Canonical {
+            return;
+        }
+        let greeting = {
+            let sockets = self.sockets.lock();
+            let Some(socket) = sockets.iter().find(|socket| socket.dialect == dialect) else { return };
+            let Some(session) = &socket.session else { return };
+            let user_id = session.principal().user_id.as_str();
+            (
+                json!({"success": true, "userId": user_id}),
+                json!({"userId": user_id, "socketId": &*socket.id, "sessionId": session.id().to_string()}),
+            )
+        };
+        self.emit(dialect, "authenticated", &greeting.0);
+        self.emit(dialect, "connected", &greeting.1);
+    }
+
+    /// An EVENT packet: `["name", data?]`, answered through its ack when it has one.
+    fn event(self: &Arc<Self>, namespace: &str, ack: Option<u64>, data: &str) {
+        let Some(dialect) = self.connected(namespace) else {
+            tracing::debug!(namespace, "event for a namespace the client has not joined");
+            return;
+        };
+        let mut args: Vec<Value> = match serde_json::from_str(data) {
+            Ok(Value::Array(args)) => args,
+            _ => {
+                let error = (ErrorCode::InvalidPayload, "an event is a JSON array [name, ...args]".to_owned());
+                return self.answer(dialect, ack, Err(error));
+            }
+        };
+        let Some(Value::String(name)) = (!args.is_empty()).then(|| args.remove(0)) else {
+            let error = (ErrorCode::InvalidPayload, "an event's first element is its name".to_owned());
+            return self.answer(dialect, ack, Err(error));
+        };
+        let argument = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
+        if let Some(socket) = self.sockets.lock().iter().find(|socket| socket.dialect == dialect)
+            && let Some(session) = &socket.session
+        {
+            session.touch();
+        }
+        let name = dialect.incoming(&name).to_owned();
+        metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&name)).increment(1);
+        let result = self.command(dialect, &name, argument);
+        self.answer(dialect, ack, result);
+    }
+
+    /// Answers a command: the ack when the client asked for one, and on failure also an
+    /// `error` event (seed 000's clients listen for it).
+    fn answer(&self, dialect: Dialect, ack: Option<u64>, result: CommandResult) {
+        let body = match result {
+            Ok(mut body) => {
+                body["success"] = json!(true);
+                body
+            }
+            Err((code, message)) => {
+                self.emit_error(dialect, code, &message);
+                json!({"success": false, "error": {"code": code.as_str(), "message": message}})
+            }
+        };
+        if let Some(ack) = ack {
+            let args = format!("[{body}]");
+            self.push(packet::socketio_text(Kind::Ack, namespace_of(dialect), Some(ack), &args));
+        }
+    }
+
+    fn command(&self, dialect: Dialect, name: &str, data: Value) -> CommandResult {
+        match (dialect, name) {
+            (Dialect::Notifications, "subscribe_notifications") => self.with_session(dialect, |_| Ok(json!({}))),
+            (Dialect::Canonical, "authenticate") => self.authenticate(data),
+            (Dialect::Canonical, "subscribe" | "unsubscribe") => {
+                let topic = field(&data, "topic")
+                    .and_then(|name| Topic::parse(&name).map_err(|error| (ErrorCode::InvalidTopic, error.to_string())));
+                self.subscribe(dialect, topic, name == "subscribe")
+            }
+            (Dialect::Canonical, _) if let Some(&(_, kind, id_field, on)) = typed_command(name) => {
+                let topic = field(&data, id_field).and_then(|id| {
+                    Topic::with_id(kind, &id).map_err(|error| (ErrorCode::InvalidTopic, error.to_string()))
+                });
+                self.subscribe(dialect, topic, on)
+            }
+            _ => {
+                let shown: String = name.chars().take(100).collect();
+                Err((ErrorCode::UnknownEvent, format!("unknown event {shown:?}")))
+            }
+        }
+    }
+
+    fn with_session(&self, dialect: Dialect, act: impl FnOnce(&SessionGuard) -> CommandResult) -> CommandResult {
+        let sockets = self.sockets.lock();
+        let session =
+            sockets.iter().find(|socket| socket.dialect == dialect).and_then(|socket| socket.session.as_ref());
+        match session {
+            Some(session) => act(session),
+            None => Err((
+                ErrorCode::NotAuthenticated,
+                "authenticate first: send a token in auth or an authenticate event".into(),
+            )),
+        }
+    }
+
+    fn subscribe(&self, dialect: Dialect, topic: Result<Topic, (ErrorCode, String)>, on: bool) -> CommandResult {
+        self.with_session(dialect, |session| {
+            let topic = topic?;
+            if on {
+                session.subscribe(topic.clone()).map_err(|error| (error.code(), error.to_string()))?;
+            } else {
+                session.unsubscribe(&topic);
+            }
+            Ok(json!({"topic": topic.as_str()}))
+        })
+    }
+
+    /// Seed 000's `authenticate {token}` for sockets that connected without a token.
+    fn authenticate(&self, data: Value) -> CommandResult {
+        let dialect = Dialect::Canonical;
+        if self.with_session(dialect, |_| Ok(Value::Null)).is_ok() {
+            return Ok(json!({"alreadyAuthenticated": true}));
+        }
+        let token = match &data {
+            Value::String(token) => Some(token.as_str()),
+            other => other.get("token").and_then(Value::as_str),
+        }
+        .filter(|token| !token.is_empty())
+        .or(self.request_token.as_deref());
+        let principal = self.state.authenticate(token).map_err(|error| (error.code, error.message))?;
+        let session = self.register(principal, dialect);
+        {
+            let mut sockets = self.sockets.lock();
+            let Some(socket) = sockets.iter_mut().find(|socket| socket.dialect == dialect) else {
+                return Err((ErrorCode::NotAuthenticated, "socket disconnected".into()));
+            };
+            socket.session = Some(session);
+        }
+        self.greet(dialect);
+        Ok(json!({}))
+    }
+}
+
+/// Seed 000's commands that name one topic by a typed id: (event, topic kind, payload
+/// field, subscribe or unsubscribe).
+const TYPED_COMMANDS: &[(&str, TopicKind, &str, bool)] = &[
+    ("join_channel", TopicKind::Channel, "channelId", true),
+    ("leave_channel", TopicKind::Channel, "channelId", false),
+    ("subscribe_user", TopicKind::User, "userId", true),
+    ("unsubscribe_user", TopicKind::User, "userId", false),
+];
+
+fn typed_command(name: &str) -> Option<&'static (&'static str, TopicKind, &'static str, bool)> {
+    TYPED_COMMANDS.iter().find(|(command, ..)| *command == name)
+}
+
+/// Reads a string field (strings or numbers accepted) from a command payload.
+fn field(data: &Value, name: &str) -> Result<String, (ErrorCode, String)> {
+    match data.get(name) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Number(number)) => Ok(number.to_string()),
+        _ => Err((ErrorCode::InvalidPayload, format!("payload must be {{\"{name}\": string}}"))),
+    }
+}
