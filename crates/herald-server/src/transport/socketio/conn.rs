@@ -21,20 +21,22 @@ use crate::wire::{self, Dialect};
 pub enum Outgoing {
     /// A published event, framed once per namespace for every recipient.
     Event(Arc<Delivery>, Dialect),
-    /// Any other packet (acks, greetings, errors, pings), as Engine.IO text.
-    Packet(Box<str>),
+    /// Any other packet (acks, greetings, errors, pings), as Engine.IO text. Boxed so
+    /// that an item is two words: the queue's first block is allocated with the connection.
+    #[allow(clippy::box_collection)]
+    Packet(Box<String>),
 }
 
 impl Outgoing {
     pub fn into_text(self) -> Utf8Bytes {
         match self {
             Outgoing::Event(delivery, dialect) => wire::sio_encoded(&delivery, dialect),
-            Outgoing::Packet(text) => Utf8Bytes::from(String::from(text)),
+            Outgoing::Packet(text) => Utf8Bytes::from(*text),
         }
     }
 
-    pub fn packet(text: impl Into<Box<str>>) -> Self {
-        Outgoing::Packet(text.into())
+    pub fn packet(text: String) -> Self {
+        Outgoing::Packet(Box::new(text))
     }
 }
 
@@ -496,5 +498,13 @@ fn field(data: &Value, name: &str) -> Result<String, (ErrorCode, String)> {
         Some(Value::String(text)) => Ok(text.clone()),
         Some(Value::Number(number)) => Ok(number.to_string()),
         _ => Err((ErrorCode::InvalidPayload, format!("payload must be {{\"{name}\": string}}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_queue_item_is_two_words() {
+        assert_eq!(std::mem::size_of::<super::Outgoing>(), 16);
     }
 }
