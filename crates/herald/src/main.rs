@@ -8,6 +8,7 @@ use herald_auth::{Signer, TokenSpec};
 use herald_server::{App, Config};
 
 /// mimalloc: less memory per connection than the system allocator (see ARCHITECTURE.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

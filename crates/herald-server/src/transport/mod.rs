@@ -1,6 +1,7 @@
 //! The three transports. Each turns frames into hub commands and hub deliveries into
 //! frames; none knows about storage or other nodes.
 
+pub mod mailbox;
 pub mod socketio;
 pub mod sse;
 pub mod ws;
@@ -8,7 +9,6 @@ pub mod ws;
 use std::sync::{Arc, OnceLock};
 
 use herald_core::{CloseReason, Delivery, OfferError, Outlet};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Tells a connection task that the hub closed its session, and why.
@@ -42,14 +42,14 @@ impl CloseSignal {
 /// (plain WebSocket and SSE).
 #[derive(Debug)]
 pub struct QueueOutlet {
-    sender: mpsc::Sender<Arc<Delivery>>,
+    sender: mailbox::Sender<Arc<Delivery>>,
     signal: Arc<CloseSignal>,
 }
 
 impl QueueOutlet {
     /// An outlet with room for `capacity` deliveries, its receiving end, and its close signal.
-    pub fn channel(capacity: usize) -> (Arc<Self>, mpsc::Receiver<Arc<Delivery>>, Arc<CloseSignal>) {
-        let (sender, receiver) = mpsc::channel(capacity);
+    pub fn channel(capacity: usize) -> (Arc<Self>, mailbox::Receiver<Arc<Delivery>>, Arc<CloseSignal>) {
+        let (sender, receiver) = mailbox::mailbox(capacity);
         let signal = Arc::new(CloseSignal::default());
         (Arc::new(Self { sender, signal: signal.clone() }), receiver, signal)
     }
@@ -58,8 +58,8 @@ impl QueueOutlet {
 impl Outlet for QueueOutlet {
     fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
         self.sender.try_send(delivery.clone()).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => OfferError::Full,
-            mpsc::error::TrySendError::Closed(_) => OfferError::Closed,
+            mailbox::PushError::Full => OfferError::Full,
+            mailbox::PushError::Closed => OfferError::Closed,
         })
     }
 

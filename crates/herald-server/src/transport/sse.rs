@@ -17,7 +17,6 @@ use futures_util::stream;
 use herald_core::{CloseReason, Delivery, SessionGuard};
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use super::{CloseSignal, QueueOutlet};
@@ -53,7 +52,7 @@ struct StreamState {
     state: AppState,
     session: SessionGuard,
     signal: Arc<CloseSignal>,
-    queue: mpsc::Receiver<Arc<Delivery>>,
+    queue: super::mailbox::Receiver<Arc<Delivery>>,
     keep_alive: Interval,
     dialect: Dialect,
     /// The opening bytes, sent before anything else.
@@ -115,7 +114,7 @@ fn closing_message(reason: CloseReason, dialect: Dialect) -> Bytes {
 fn last_chunk(s: &mut StreamState, reason: CloseReason) -> Bytes {
     let mut chunk = Vec::new();
     if reason == CloseReason::ServerShutdown {
-        while let Ok(delivery) = s.queue.try_recv() {
+        while let Some(delivery) = s.queue.try_recv() {
             chunk.extend_from_slice(&wire::sse_encoded(&delivery, s.dialect));
         }
     }
@@ -139,15 +138,15 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, St
             Some((Ok(last_chunk(&mut s, reason)), s))
         }
         _ = s.state.shutdown.cancelled() => Some((Ok(last_chunk(&mut s, CloseReason::ServerShutdown)), s)),
-        Some(delivery) = s.queue.recv() => {
+        delivery = s.queue.recv() => {
             s.session.touch();
             let first = wire::sse_encoded(&delivery, s.dialect);
             let chunk = match s.queue.try_recv() {
-                Err(_) => first,
-                Ok(second) => {
+                None => first,
+                Some(second) => {
                     let mut batch = first.to_vec();
                     batch.extend_from_slice(&wire::sse_encoded(&second, s.dialect));
-                    while let Ok(next) = s.queue.try_recv() {
+                    while let Some(next) = s.queue.try_recv() {
                         batch.extend_from_slice(&wire::sse_encoded(&next, s.dialect));
                         if batch.len() > 64 * 1024 {
                             break;

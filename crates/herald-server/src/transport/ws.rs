@@ -24,12 +24,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use herald_core::metrics::{self as m, count_error};
-use herald_core::{CloseReason, Delivery, ErrorCode, Principal, SessionGuard, Topic};
+use herald_core::{CloseReason, Delivery, ErrorCode, SessionGuard, Topic};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
+use super::mailbox::Receiver;
 use super::{CloseSignal, QueueOutlet};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
@@ -88,11 +88,26 @@ fn accept(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
+    // Registered now, so the connection task does not carry the principal, and events
+    // published while the upgrade completes wait in the queue.
+    let (outlet, queue, signal) = QueueOutlet::channel(state.settings.session_queue);
+    let session = state.hub.register(principal, "ws", outlet);
+    let link = Link { session, queue, signal, dialect, _permit: permit };
     let task_state = state.clone();
     configure(upgrade, state.settings.max_payload).on_upgrade(move |socket| {
         let tasks = task_state.tasks.clone();
-        tasks.track_future(run(socket, task_state, principal, dialect, permit))
+        let serving = run(socket, task_state, link);
+        tasks.track_future(serving)
     })
+}
+
+/// A plain WebSocket session's state, handed from the upgrade request to its task.
+struct Link {
+    session: SessionGuard,
+    queue: Receiver<Arc<Delivery>>,
+    signal: Arc<CloseSignal>,
+    dialect: Dialect,
+    _permit: ConnectionPermit,
 }
 
 /// Buffer sizes and frame limits shared by every WebSocket Herald accepts.
@@ -201,23 +216,21 @@ pub async fn send_close(socket: &mut WebSocket, code: u16, reason: &str) {
 async fn send_batch(
     socket: &mut WebSocket,
     first: Arc<Delivery>,
-    queue: &mut mpsc::Receiver<Arc<Delivery>>,
+    queue: &mut Receiver<Arc<Delivery>>,
     dialect: Dialect,
 ) -> Result<(), axum::Error> {
     socket.feed(Message::Text(wire::ws_encoded(&first, dialect))).await?;
     for _ in 1..MAX_BATCH {
         match queue.try_recv() {
-            Ok(next) => socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?,
-            Err(_) => break,
+            Some(next) => socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?,
+            None => break,
         }
     }
     socket.flush().await
 }
 
-async fn run(mut socket: WebSocket, state: AppState, principal: Principal, dialect: Dialect, permit: ConnectionPermit) {
-    let _permit = permit;
-    let (outlet, mut queue, signal) = QueueOutlet::channel(state.settings.session_queue);
-    let session = state.hub.register(principal, "ws", outlet);
+async fn run(mut socket: WebSocket, state: AppState, link: Link) {
+    let Link { session, mut queue, signal, dialect, _permit } = link;
     tracing::debug!(session = %session.id(), user = %session.principal().user_id, ?dialect, "websocket session opened");
     if dialect == Dialect::Canonical {
         let topics: Vec<String> = session.topics().iter().map(|t| t.to_string()).collect();
@@ -232,7 +245,7 @@ async fn run(mut socket: WebSocket, state: AppState, principal: Principal, diale
         End::Drain => {
             // Shutdown: flush what is already queued, then say goodbye.
             let drain = async {
-                while let Ok(next) = queue.try_recv() {
+                while let Some(next) = queue.try_recv() {
                     socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?;
                 }
                 socket.flush().await
@@ -263,7 +276,7 @@ async fn drive(
     state: &AppState,
     session: &SessionGuard,
     signal: &CloseSignal,
-    queue: &mut mpsc::Receiver<Arc<Delivery>>,
+    queue: &mut Receiver<Arc<Delivery>>,
     dialect: Dialect,
 ) -> End {
     let mut heartbeat = tokio::time::interval(state.settings.heartbeat_interval);
@@ -306,7 +319,7 @@ async fn drive(
                 Some(Ok(Message::Ping(_))) => {}
                 Some(Ok(Message::Close(_))) => return End::Gone,
             },
-            Some(delivery) = queue.recv() => {
+            delivery = queue.recv() => {
                 tokio::select! {
                     biased;
                     _ = signal.closed() => {

@@ -9,12 +9,13 @@ use herald_core::metrics::{self as m, count_error};
 use herald_core::{CloseReason, Delivery, ErrorCode, OfferError, Outlet, Principal, SessionGuard, Topic, TopicKind};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::packet::{self, Kind};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
+use crate::transport::mailbox::{self, PushError, Receiver};
 use crate::wire::{self, Dialect};
 
 /// One item of a connection's outgoing queue.
@@ -42,7 +43,7 @@ impl Outgoing {
 
 /// What the hub's outlets and the connection's driver share.
 pub struct Link {
-    sender: mpsc::Sender<Outgoing>,
+    sender: mailbox::Sender<Outgoing>,
     /// Namespace sockets the hub closed, waiting for the driver to tell their clients.
     closing: Mutex<Vec<(Dialect, CloseReason)>>,
     /// Set when the whole connection must end (its queue overflowed).
@@ -55,7 +56,7 @@ pub struct Link {
 
 impl Link {
     fn push(&self, item: Outgoing) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(item) {
+        if let Err(PushError::Full) = self.sender.try_send(item) {
             self.fail(CloseReason::SlowConsumer);
         }
     }
@@ -80,8 +81,8 @@ struct SocketOutlet {
 impl Outlet for SocketOutlet {
     fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
         self.link.sender.try_send(Outgoing::Event(delivery.clone(), self.dialect)).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => OfferError::Full,
-            mpsc::error::TrySendError::Closed(_) => OfferError::Closed,
+            PushError::Full => OfferError::Full,
+            PushError::Closed => OfferError::Closed,
         })
     }
 
@@ -142,8 +143,8 @@ impl Conn {
         state: AppState,
         request_token: Option<String>,
         permit: ConnectionPermit,
-    ) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
-        let (sender, receiver) = mpsc::channel(state.settings.socketio_buffer);
+    ) -> (Arc<Self>, Receiver<Outgoing>) {
+        let (sender, receiver) = mailbox::mailbox(state.settings.socketio_buffer);
         let link = Arc::new(Link {
             sender,
             closing: Mutex::default(),

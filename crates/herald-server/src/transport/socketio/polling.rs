@@ -13,7 +13,7 @@ use herald_core::CloseReason;
 use herald_core::metrics as m;
 use http::header::CONTENT_TYPE;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ use super::packet::{EnginePacket, SEPARATOR, parse_engine};
 use super::{EngineError, open_packet};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
+use crate::transport::mailbox::Receiver;
 
 /// How long a long-polling client gets, at shutdown, to fetch its `disconnect` packets.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -37,7 +38,7 @@ pub struct Session {
     pub conn: Arc<Conn>,
     /// The connection's outgoing queue: locked by the one `GET` allowed at a time, and
     /// for good by the WebSocket that upgrades the session.
-    pub queue: tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
+    pub queue: tokio::sync::Mutex<Receiver<Outgoing>>,
     pong: Notify,
     /// Cancelled when the session ends.
     pub closed: CancellationToken,
@@ -104,7 +105,7 @@ impl Sessions {
         };
         let first = tokio::select! {
             biased;
-            item = queue.recv() => item,
+            item = queue.recv() => Some(item),
             _ = session.closed.cancelled() => None,
         };
         let Some(first) = first else { return text("1".into()) };
@@ -112,11 +113,11 @@ impl Sessions {
         let limit = session.conn.max_payload();
         while body.len() < limit {
             match queue.try_recv() {
-                Ok(next) => {
+                Some(next) => {
                     body.push(SEPARATOR);
                     body.push_str(next.into_text().as_str());
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         text(body)

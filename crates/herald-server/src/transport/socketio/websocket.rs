@@ -9,7 +9,6 @@ use axum::response::Response;
 use futures_util::SinkExt;
 use herald_core::metrics::{self as m, count_error};
 use herald_core::{CloseReason, ErrorCode};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::conn::{Conn, Outgoing, new_id};
@@ -18,21 +17,26 @@ use super::packet::{EnginePacket, parse_engine};
 use super::polling::{Session, Sessions};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
+use crate::transport::mailbox::Receiver;
 use crate::transport::ws::{self, End, MAX_BATCH, close_code, is_too_large, send_close};
 
 /// A connection that starts on the websocket transport.
 pub fn accept(app: AppState, upgrade: WebSocketUpgrade, token: Option<String>, permit: ConnectionPermit) -> Response {
     let tasks = app.tasks.clone();
-    ws::configure(upgrade, app.settings.max_payload).on_upgrade(move |mut socket| {
-        tasks.track_future(async move {
-            let (conn, mut queue) = Conn::new(app.clone(), token, permit);
-            let open = open_packet(&app, &new_id(), &[]);
-            if socket.send(Message::Text(open.into())).await.is_err() {
-                return;
-            }
-            run(socket, &app, &conn, &mut queue).await;
-        })
+    ws::configure(upgrade, app.settings.max_payload).on_upgrade(move |socket| {
+        let (conn, queue) = Conn::new(app.clone(), token, permit);
+        let serving = serve(socket, app, conn, queue);
+        tasks.track_future(serving)
     })
+}
+
+/// Every future here borrows the socket from this one, so the task holds it once.
+async fn serve(mut socket: WebSocket, app: AppState, conn: Arc<Conn>, mut queue: Receiver<Outgoing>) {
+    let open = open_packet(&app, &new_id(), &[]);
+    if socket.send(Message::Text(open.into())).await.is_err() {
+        return;
+    }
+    run(&mut socket, &app, &conn, &mut queue).await;
 }
 
 /// A long-polling session moving to this WebSocket.
@@ -56,7 +60,7 @@ async fn take_over(mut socket: WebSocket, app: AppState, session: Arc<Session>, 
         queue = session.queue.lock() => queue,
         _ = session.closed.cancelled() => return,
     };
-    run(socket, &app, &session.conn, &mut queue).await;
+    run(&mut socket, &app, &session.conn, &mut queue).await;
     session.closed.cancel();
 }
 
@@ -80,14 +84,14 @@ async fn probe(socket: &mut WebSocket, session: &Session) -> bool {
     }
 }
 
-async fn run(mut socket: WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mut mpsc::Receiver<Outgoing>) {
-    match drive(&mut socket, app, conn, queue).await {
-        End::Close(code, reason) => send_close(&mut socket, code, reason).await,
+async fn run(socket: &mut WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mut Receiver<Outgoing>) {
+    match drive(socket, app, conn, queue).await {
+        End::Close(code, reason) => send_close(socket, code, reason).await,
         End::Drain => {
             // Shutdown: what is queued, then `disconnect` for every namespace, then 1001.
             conn.disconnect_all();
             let drain = async {
-                while let Ok(next) = queue.try_recv() {
+                while let Some(next) = queue.try_recv() {
                     socket.feed(Message::Text(next.into_text())).await?;
                 }
                 socket.flush().await
@@ -96,7 +100,7 @@ async fn run(mut socket: WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mu
                 tracing::debug!("socket.io queue not drained before the shutdown deadline");
             }
             let reason = CloseReason::ServerShutdown;
-            send_close(&mut socket, close_code(reason), reason.message()).await;
+            send_close(socket, close_code(reason), reason.message()).await;
         }
         End::Gone => {}
     }
@@ -106,19 +110,19 @@ async fn run(mut socket: WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mu
 async fn send_batch(
     socket: &mut WebSocket,
     first: Outgoing,
-    queue: &mut mpsc::Receiver<Outgoing>,
+    queue: &mut Receiver<Outgoing>,
 ) -> Result<(), axum::Error> {
     socket.feed(Message::Text(first.into_text())).await?;
     for _ in 1..MAX_BATCH {
         match queue.try_recv() {
-            Ok(next) => socket.feed(Message::Text(next.into_text())).await?,
-            Err(_) => break,
+            Some(next) => socket.feed(Message::Text(next.into_text())).await?,
+            None => break,
         }
     }
     socket.flush().await
 }
 
-async fn drive(socket: &mut WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mut mpsc::Receiver<Outgoing>) -> End {
+async fn drive(socket: &mut WebSocket, app: &AppState, conn: &Arc<Conn>, queue: &mut Receiver<Outgoing>) -> End {
     let interval = app.settings.socketio_ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,7 +164,7 @@ async fn drive(socket: &mut WebSocket, app: &AppState, conn: &Arc<Conn>, queue: 
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) => return End::Gone,
             },
-            Some(item) = queue.recv() => {
+            item = queue.recv() => {
                 tokio::select! {
                     biased;
                     _ = conn.link.fatal_signal.cancelled() => {
