@@ -7,11 +7,6 @@ use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald_auth::{Signer, TokenSpec};
 use herald_server::{App, Config};
 
-/// mimalloc: less memory per connection than the system allocator (see ARCHITECTURE.md).
-#[cfg(not(feature = "system-alloc"))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Herald: a self-hosted real-time notification and messaging gateway.
 ///
 /// With no subcommand, `herald` serves (same as `herald serve`). See `herald token --help`

@@ -30,10 +30,6 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-/// mimalloc: less memory per connection than the system allocator (see ARCHITECTURE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 type Subscribers = HashMap<u64, mpsc::Sender<Utf8Bytes>>;
 
 struct Floor {
@@ -107,7 +103,8 @@ async fn serve(stream: TcpStream, floor: Arc<Floor>) {
             }
         }
     };
-    let config = WebSocketConfig::default().read_buffer_size(512).write_buffer_size(16 * 1024);
+    // The same buffer sizes as Herald (`transport::ws::READ_BUFFER`, `ws::configure`).
+    let config = WebSocketConfig::default().read_buffer_size(128).write_buffer_size(16 * 1024);
     let Ok(mut socket) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await else {
         return;
     };

@@ -14,10 +14,6 @@ use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef};
 
-/// The same allocator as Herald, so the comparison is of the libraries only.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Deserialize)]
 struct Publish<'a> {
     topic: String,

@@ -6,52 +6,22 @@ pub mod socketio;
 pub mod sse;
 pub mod ws;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use herald_core::{CloseReason, Delivery, OfferError, Outlet};
-use tokio_util::sync::CancellationToken;
 
-/// Tells a connection task that the hub closed its session, and why.
-#[derive(Debug, Default)]
-pub struct CloseSignal {
-    token: CancellationToken,
-    reason: OnceLock<CloseReason>,
-}
-
-impl CloseSignal {
-    /// Records the first reason given and wakes the connection task.
-    pub fn close(&self, reason: CloseReason) {
-        // Only the first reason counts; a later one (e.g. shutdown after a slow-consumer
-        // close) must not overwrite what the client is told.
-        if self.reason.set(reason).is_err() {
-            tracing::trace!(%reason, "session already closing");
-        }
-        self.token.cancel();
-    }
-
-    pub fn reason(&self) -> Option<CloseReason> {
-        self.reason.get().copied()
-    }
-
-    pub async fn closed(&self) {
-        self.token.cancelled().await
-    }
-}
-
-/// An outlet over a bounded channel, drained by the connection's own task
-/// (plain WebSocket and SSE).
+/// An outlet over a bounded mailbox, drained by the connection's own task (plain
+/// WebSocket and SSE). The hub closing the session closes the mailbox with the reason.
 #[derive(Debug)]
 pub struct QueueOutlet {
     sender: mailbox::Sender<Arc<Delivery>>,
-    signal: Arc<CloseSignal>,
 }
 
 impl QueueOutlet {
-    /// An outlet with room for `capacity` deliveries, its receiving end, and its close signal.
-    pub fn channel(capacity: usize) -> (Arc<Self>, mailbox::Receiver<Arc<Delivery>>, Arc<CloseSignal>) {
+    /// An outlet with room for `capacity` deliveries, and its receiving end.
+    pub fn channel(capacity: usize) -> (Arc<Self>, mailbox::Receiver<Arc<Delivery>>) {
         let (sender, receiver) = mailbox::mailbox(capacity);
-        let signal = Arc::new(CloseSignal::default());
-        (Arc::new(Self { sender, signal: signal.clone() }), receiver, signal)
+        (Arc::new(Self { sender }), receiver)
     }
 }
 
@@ -64,6 +34,6 @@ impl Outlet for QueueOutlet {
     }
 
     fn close(&self, reason: CloseReason) {
-        self.signal.close(reason);
+        self.sender.close(reason);
     }
 }

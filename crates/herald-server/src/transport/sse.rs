@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
 use tokio::time::Interval;
 
-use super::{CloseSignal, QueueOutlet};
+use super::QueueOutlet;
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
 use crate::wire::{self, Dialect};
@@ -51,7 +51,6 @@ pub async fn notifications(
 struct StreamState {
     state: AppState,
     session: SessionGuard,
-    signal: Arc<CloseSignal>,
     queue: super::mailbox::Receiver<Arc<Delivery>>,
     keep_alive: Interval,
     dialect: Dialect,
@@ -72,7 +71,7 @@ fn accept(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
-    let (outlet, queue, signal) = QueueOutlet::channel(state.settings.session_queue);
+    let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
     let session = state.hub.register(principal, "sse", outlet);
     let mut opening = format!("retry: {RETRY_MS}\n\n");
     if dialect == Dialect::Canonical {
@@ -85,7 +84,6 @@ fn accept(
     let stream_state = StreamState {
         state: state.clone(),
         session,
-        signal,
         queue,
         keep_alive,
         dialect,
@@ -133,12 +131,12 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, St
     }
     tokio::select! {
         biased;
-        _ = s.signal.closed() => {
-            let reason = s.signal.reason().unwrap_or(CloseReason::ServerShutdown);
-            Some((Ok(last_chunk(&mut s, reason)), s))
-        }
         _ = s.state.shutdown.cancelled() => Some((Ok(last_chunk(&mut s, CloseReason::ServerShutdown)), s)),
         delivery = s.queue.recv() => {
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(reason) => return Some((Ok(last_chunk(&mut s, reason)), s)),
+            };
             s.session.touch();
             let first = wire::sse_encoded(&delivery, s.dialect);
             let chunk = match s.queue.try_recv() {

@@ -14,15 +14,18 @@
 //! A client that does not answer a ping within `HEARTBEAT_INTERVAL` is terminated
 //! without a close frame.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use herald_core::metrics::{self as m, count_error};
 use herald_core::{CloseReason, Delivery, ErrorCode, SessionGuard, Topic};
 use http::HeaderMap;
@@ -30,14 +33,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::mailbox::Receiver;
-use super::{CloseSignal, QueueOutlet};
+use super::QueueOutlet;
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
 use crate::wire::{self, Dialect};
 
 /// Initial read buffer per connection. Clients send little (commands, pings), and the
 /// buffer grows when a larger frame arrives, so idle connections stay small.
-pub const READ_BUFFER: usize = 512;
+pub const READ_BUFFER: usize = 128;
 /// Frames drained from the queue into one write when the client is behind.
 pub const MAX_BATCH: usize = 64;
 /// How long a close frame may take to leave before the socket is dropped anyway.
@@ -90,9 +93,9 @@ fn accept(
     };
     // Registered now, so the connection task does not carry the principal, and events
     // published while the upgrade completes wait in the queue.
-    let (outlet, queue, signal) = QueueOutlet::channel(state.settings.session_queue);
+    let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
     let session = state.hub.register(principal, "ws", outlet);
-    let link = Link { session, queue, signal, dialect, _permit: permit };
+    let link = Link { session, queue, dialect, _permit: permit };
     let task_state = state.clone();
     configure(upgrade, state.settings.max_payload).on_upgrade(move |socket| {
         let tasks = task_state.tasks.clone();
@@ -105,7 +108,6 @@ fn accept(
 struct Link {
     session: SessionGuard,
     queue: Receiver<Arc<Delivery>>,
-    signal: Arc<CloseSignal>,
     dialect: Dialect,
     _permit: ConnectionPermit,
 }
@@ -212,36 +214,82 @@ pub async fn send_close(socket: &mut WebSocket, code: u16, reason: &str) {
     }
 }
 
-/// Sends one delivery and whatever else is queued behind it as one flush.
-async fn send_batch(
-    socket: &mut WebSocket,
-    first: Arc<Delivery>,
-    queue: &mut Receiver<Arc<Delivery>>,
-    dialect: Dialect,
-) -> Result<(), axum::Error> {
-    socket.feed(Message::Text(wire::ws_encoded(&first, dialect))).await?;
-    for _ in 1..MAX_BATCH {
-        match queue.try_recv() {
-            Some(next) => socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?,
-            None => break,
-        }
-    }
-    socket.flush().await
+/// Why a write stopped before it finished.
+enum Halt {
+    /// The hub closed the session (a slow consumer, most likely) while the write waited.
+    Closed(CloseReason),
+    /// The connection failed.
+    Gone,
 }
 
-async fn run(mut socket: WebSocket, state: AppState, link: Link) {
-    let Link { session, mut queue, signal, dialect, _permit } = link;
-    tracing::debug!(session = %session.id(), user = %session.principal().user_id, ?dialect, "websocket session opened");
-    if dialect == Dialect::Canonical {
-        let topics: Vec<String> = session.topics().iter().map(|t| t.to_string()).collect();
-        let hello = json!({"userId": session.principal().user_id.as_str(), "sessionId": session.id().to_string(), "topics": topics});
-        if socket.send(text(wire::ws_frame("connected", &hello.to_string()))).await.is_err() {
+/// Sends one delivery and whatever else is queued behind it as one flush.
+///
+/// Not an `async fn`, and no frame is held across an await, so that this adds little to
+/// every connection's future (see [`run`]).
+fn send_batch<'a>(
+    socket: &'a mut WebSocket,
+    first: Arc<Delivery>,
+    queue: &'a mut Receiver<Arc<Delivery>>,
+    dialect: Dialect,
+) -> impl Future<Output = Result<(), Halt>> + 'a {
+    async move {
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(delivery) = next.take() {
+            poll_fn(|cx| unless_closed(socket.poll_ready_unpin(cx), queue, cx)).await?;
+            socket.start_send_unpin(Message::Text(wire::ws_encoded(&delivery, dialect))).map_err(|_| Halt::Gone)?;
+            fed += 1;
+            if fed < MAX_BATCH {
+                next = queue.try_recv();
+            }
+        }
+        poll_fn(|cx| unless_closed(socket.poll_flush_unpin(cx), queue, cx)).await
+    }
+}
+
+/// A write's progress, unless it is stuck and the hub has closed the session meanwhile.
+fn unless_closed(
+    write: Poll<Result<(), axum::Error>>,
+    queue: &mut Receiver<Arc<Delivery>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Halt>> {
+    match write {
+        Poll::Ready(result) => Poll::Ready(result.map_err(|_| Halt::Gone)),
+        Poll::Pending => queue.poll_closed(cx).map(|reason| Err(Halt::Closed(reason))),
+    }
+}
+
+/// The frame that greets a canonical client: its user, session and topics.
+fn hello(session: &SessionGuard) -> Message {
+    let topics: Vec<String> = session.topics().iter().map(|t| t.to_string()).collect();
+    let hello = json!({"userId": session.principal().user_id.as_str(), "sessionId": session.id().to_string(), "topics": topics});
+    text(wire::ws_frame("connected", &hello.to_string()))
+}
+
+/// Serves one upgraded connection until it ends.
+///
+/// Not an `async fn`: an async fn keeps its arguments twice in its future
+/// (rust-lang/rust#62958), and the WebSocket alone is 368 bytes. The block below uses the
+/// captured values in place and keeps its temporaries out of the await points, so an idle
+/// connection's future is the socket, the link and the session loop's state.
+fn run(mut socket: WebSocket, state: AppState, mut link: Link) -> impl Future<Output = ()> {
+    async move {
+        let link = &mut link;
+        tracing::debug!(session = %link.session.id(), user = %link.session.principal().user_id, dialect = ?link.dialect, "websocket session opened");
+        if link.dialect == Dialect::Canonical && socket.send(hello(&link.session)).await.is_err() {
             return;
         }
+        let end = drive(&mut socket, &state, link).await;
+        // The closing paths hold timers; boxed, they cost nothing while the session is open.
+        Box::pin(finish(&mut socket, &state, &mut link.queue, link.dialect, end)).await;
+        tracing::debug!(session = %link.session.id(), "websocket session closed");
     }
-    let end = drive(&mut socket, &state, &session, &signal, &mut queue, dialect).await;
+}
+
+/// Says goodbye the way `end` asks.
+async fn finish(socket: &mut WebSocket, state: &AppState, queue: &mut Receiver<Arc<Delivery>>, dialect: Dialect, end: End) {
     match end {
-        End::Close(code, reason) => send_close(&mut socket, code, reason).await,
+        End::Close(code, reason) => send_close(socket, code, reason).await,
         End::Drain => {
             // Shutdown: flush what is already queued, then say goodbye.
             let drain = async {
@@ -254,11 +302,10 @@ async fn run(mut socket: WebSocket, state: AppState, link: Link) {
                 tracing::debug!("queue not drained before the shutdown deadline");
             }
             let reason = CloseReason::ServerShutdown;
-            send_close(&mut socket, close_code(reason), reason.message()).await;
+            send_close(socket, close_code(reason), reason.message()).await;
         }
         End::Gone => {}
     }
-    tracing::debug!(session = %session.id(), "websocket session closed");
 }
 
 /// How a session loop ended.
@@ -271,27 +318,49 @@ pub enum End {
     Gone,
 }
 
-async fn drive(
-    socket: &mut WebSocket,
-    state: &AppState,
-    session: &SessionGuard,
-    signal: &CloseSignal,
-    queue: &mut Receiver<Arc<Delivery>>,
-    dialect: Dialect,
-) -> End {
+/// What woke the session loop.
+enum Wake {
+    Closed(CloseReason),
+    Shutdown,
+    Incoming(Option<Result<Message, axum::Error>>),
+    Deliver(Arc<Delivery>),
+    Heartbeat,
+}
+
+async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End {
+    let Link { session, queue, dialect, .. } = link;
+    let dialect = *dialect;
     let mut heartbeat = tokio::time::interval(state.settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.tick().await;
+    heartbeat.reset();
+    let mut shutdown = pin!(state.shutdown.cancelled());
     let mut awaiting_pong = false;
     loop {
-        tokio::select! {
-            biased;
-            _ = signal.closed() => {
-                let reason = signal.reason().unwrap_or(CloseReason::ServerShutdown);
-                return End::Close(close_code(reason), reason.message());
+        // Every source polled in priority order, with no future kept per source (as
+        // `select!` would): an idle connection's loop holds only the timer and the
+        // shutdown wait.
+        let wake = poll_fn(|cx| {
+            if let Poll::Ready(reason) = queue.poll_closed(cx) {
+                return Poll::Ready(Wake::Closed(reason));
             }
-            _ = state.shutdown.cancelled() => return End::Drain,
-            incoming = socket.recv() => match incoming {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            if let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Incoming(incoming));
+            }
+            match queue.poll_recv(cx) {
+                Poll::Ready(Ok(delivery)) => return Poll::Ready(Wake::Deliver(delivery)),
+                Poll::Ready(Err(reason)) => return Poll::Ready(Wake::Closed(reason)),
+                Poll::Pending => {}
+            }
+            heartbeat.poll_tick(cx).map(|_| Wake::Heartbeat)
+        })
+        .await;
+        match wake {
+            Wake::Closed(reason) => return End::Close(close_code(reason), reason.message()),
+            Wake::Shutdown => return End::Drain,
+            Wake::Incoming(incoming) => match incoming {
                 None => return End::Gone,
                 Some(Err(error)) if is_too_large(&error) => {
                     count_error(ErrorCode::PayloadTooLarge);
@@ -319,21 +388,12 @@ async fn drive(
                 Some(Ok(Message::Ping(_))) => {}
                 Some(Ok(Message::Close(_))) => return End::Gone,
             },
-            delivery = queue.recv() => {
-                tokio::select! {
-                    biased;
-                    _ = signal.closed() => {
-                        let reason = signal.reason().unwrap_or(CloseReason::SlowConsumer);
-                        return End::Close(close_code(reason), reason.message());
-                    }
-                    sent = send_batch(socket, delivery, queue, dialect) => {
-                        if sent.is_err() {
-                            return End::Gone;
-                        }
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {
+            Wake::Deliver(delivery) => match send_batch(socket, delivery, queue, dialect).await {
+                Ok(()) => {}
+                Err(Halt::Closed(reason)) => return End::Close(close_code(reason), reason.message()),
+                Err(Halt::Gone) => return End::Gone,
+            },
+            Wake::Heartbeat => {
                 if awaiting_pong {
                     metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::HeartbeatTimeout.as_str()).increment(1);
                     tracing::debug!(session = %session.id(), "no pong: terminating");

@@ -105,7 +105,7 @@ impl Sessions {
         };
         let first = tokio::select! {
             biased;
-            item = queue.recv() => Some(item),
+            item = queue.recv() => item.ok(),
             _ = session.closed.cancelled() => None,
         };
         let Some(first) = first else { return text("1".into()) };

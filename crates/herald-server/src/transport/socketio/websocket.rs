@@ -164,7 +164,7 @@ async fn drive(socket: &mut WebSocket, app: &AppState, conn: &Arc<Conn>, queue: 
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) => return End::Gone,
             },
-            item = queue.recv() => {
+            Ok(item) = queue.recv() => {
                 tokio::select! {
                     biased;
                     _ = conn.link.fatal_signal.cancelled() => {
