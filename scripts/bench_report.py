@@ -133,6 +133,16 @@ if connect_runs:
             problems.append(f"{run['label']} connect: {run['failed']} failed")
     out("")
 
+def limited_by(run):
+    """What bounded a row: the machine when both cores were nearly busy (server and load
+    generator share them), else the offered rate when one was set, else the server."""
+    if run["cpu"]["machine_busy"] >= 0.9:
+        return "machine"
+    if run.get("msg_rate"):
+        return "offered rate"
+    return "server"
+
+
 seen = []
 for run in runs:
     if run.get("scenario") in ("fanout", "unicast", "churn") and key(run) not in seen:
@@ -147,15 +157,15 @@ for scenario, args in seen:
     if rounds > 1:
         out(f"Medians over {rounds} rounds (targets interleaved in each round); delivered/expected sum all rounds; the server CPU column shows the median and, in brackets, the range.")
         out("")
-    out("| target | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | ×floor | ×reference | loadgen µs/delivery | machine busy |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("| target | delivered / expected | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | ×floor | ×reference | loadgen µs/delivery | machine busy | limited by |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     floor = find(scenario, args, "floor")
     for label in ("floor", "herald-ws", "herald-sio", "reference-ws", "reference-sio"):
         run = find(scenario, args, label)
         if run is None:
             continue
         if "error" in run:
-            out(f"| {label} | error: {run['error']} | | | | | | | | | | |")
+            out(f"| {label} | error: {run['error']} | | | | | | | | | | | |")
             problems.append(f"{label} {scenario} {args}: {run['error']}")
             continue
         reference_label = {"herald-ws": "reference-ws", "herald-sio": "reference-sio"}.get(label)
@@ -169,7 +179,7 @@ for scenario, args in seen:
         extra = ""
         if scenario == "churn":
             extra = f" (churned {run.get('churned_connections')}, failures {run.get('churn_failures') or 0}, RSS {kib(run.get('rss_baseline_bytes'))} → {kib(run.get('rss_after_bytes'))} KiB)"
-        out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu_text} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        out(f"| {label} | {run['delivered']} / {run['expected']}{extra} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {cpu_text} | {ratio(cpu, floor_cpu) if label != 'floor' else ''} | {ratio(cpu, reference_cpu) if reference_cpu else ''} | {run['loadgen_cpu_us_per_delivery']:.2f} | {run['cpu']['machine_busy'] * 100:.0f}% | {limited_by(run)} |")
         if run["lost"] or run["failed_publishes"]:
             problems.append(f"{label} {scenario} {args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
         if run.get("failed_rounds"):
