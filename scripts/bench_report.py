@@ -186,6 +186,32 @@ for scenario, args in seen:
             problems.append(f"{label} {scenario} {args}: {run['failed_rounds']} round(s) failed")
     out("")
 
+# The notification inbox (issue 4): Herald only, on SQLite and on PostgreSQL.
+inbox_args = next((run.get("args") for run in runs if run.get("scenario") == "inbox"), None)
+inbox_rows = []
+if inbox_args is not None:
+    out("## inbox")
+    out("")
+    out(f"Arguments: `{inbox_args}`; each notification is created with `POST /api/notifications` for one random connected user, stored, then pushed (`notification:new`) with the user's unread count.")
+    out("Latency is from the request being sent to the device receiving the notification.")
+    out("")
+    out("| target | store | delivered / expected | notifications/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/notification | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
+    for label, store in (("herald-ws", "SQLite"), ("herald-pg-ws", "PostgreSQL")):
+        run = find("inbox", inbox_args, label)
+        if run is None:
+            continue
+        if "error" in run:
+            out(f"| {label} | {store} | error: {run['error']} | | | | | | | |")
+            problems.append(f"{label} inbox {inbox_args}: {run['error']}")
+            continue
+        lat = run["latency"]
+        out(f"| {label} | {store} | {run['delivered']} / {run['expected']} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        inbox_rows.append((store, run))
+        if run["lost"] or run["failed_publishes"]:
+            problems.append(f"{label} inbox {inbox_args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
+    out("")
+
 # The issue's targets, checked against this run's figures.
 checks = []
 
@@ -224,8 +250,15 @@ for label, limit in (("herald-ws", 4.0), ("herald-sio", 6.0)):
     check(f"{label} marginal memory per idle connection", None if marginal is None else marginal / 1024, limit, " KiB")
     if run:
         check(f"{label} connect p99 ({run['connected']} connections, {run['failed']} failed)", run["connect"]["p99_ms"], 10, " ms")
+def check_at_least(name, value, limit, unit=""):
+    checks.append((name, f"{value:.0f}{unit}", f"≥ {limit}{unit}", "met" if value >= limit else "missed"))
+
+
+for store, run in inbox_rows:
+    check_at_least(f"inbox notifications/s stored and delivered, {store}", run["deliveries_per_second"], 5000, "/s")
+    check(f"inbox create-to-device p99, {store}", run["latency"]["p99_us"] / 1000, 50, " ms")
 if checks:
-    out("## Targets (issue 3)")
+    out("## Targets (issues 3 and 4)")
     out("")
     out("| target | measured | limit | |")
     out("|---|---|---|---|")

@@ -2,8 +2,10 @@
 //!
 //! Scenarios: `connect` (connection ramp, connect times, memory per connection), `fanout`
 //! (N subscribers of one channel), `unicast` (messages to random users), `churn` (fan-out
-//! while connections come and go). Publishing goes through `POST /api/publish` on the
-//! target, which every target (Herald, the floor, the Node reference) serves.
+//! while connections come and go), `inbox` (notifications created through Herald's
+//! `POST /api/notifications`, stored and pushed to random users). Publishing goes through
+//! `POST /api/publish` on the target, which every target (Herald, the floor, the Node
+//! reference) serves.
 
 mod client;
 mod procstat;
@@ -42,6 +44,9 @@ enum Scenario {
     Unicast(FanoutArgs),
     /// Fan-out at Q/s while connections are opened and closed at a steady rate.
     Churn(ChurnArgs),
+    /// N users connected; M notifications created through `POST /api/notifications`, each
+    /// for one random user: stored, then pushed (Herald only).
+    Inbox(FanoutArgs),
 }
 
 #[derive(Args, Clone)]
@@ -126,6 +131,8 @@ struct Env {
     common: Common,
     http: reqwest::Client,
     publish_url: String,
+    /// Publish by creating inbox notifications instead of `POST /api/publish`.
+    inbox: bool,
 }
 
 impl Env {
@@ -144,6 +151,7 @@ impl Env {
                 "{}/api/publish",
                 common.publish_url.as_deref().unwrap_or(&common.url).trim_end_matches('/')
             ),
+            inbox: false,
         })
     }
 
@@ -160,8 +168,15 @@ impl Env {
     }
 
     async fn publish(&self, topic: &str, seq: u64, pad: &str) -> anyhow::Result<()> {
-        let body = json!({"topic": topic, "event": "notification", "data": {"seq": seq, "pad": pad, "t": now_nanos()}});
-        let response = self.http.post(&self.publish_url).bearer_auth(&self.common.api_key).json(&body).send().await?;
+        let data = json!({"seq": seq, "pad": pad, "t": now_nanos()});
+        let request = if self.inbox {
+            let user = topic.strip_prefix("user:").unwrap_or(topic);
+            let body = json!({"userId": user, "type": "bench", "payload": data});
+            self.http.post(format!("{}/api/notifications", self.common.url.trim_end_matches('/'))).json(&body)
+        } else {
+            self.http.post(&self.publish_url).json(&json!({"topic": topic, "event": "notification", "data": data}))
+        };
+        let response = request.bearer_auth(&self.common.api_key).send().await?;
         anyhow::ensure!(response.status().is_success(), "publish answered {}", response.status());
         Ok(())
     }
@@ -375,8 +390,19 @@ fn fanout_result(
     result
 }
 
-async fn scenario_fanout(args: FanoutArgs, unicast: bool) -> anyhow::Result<Value> {
-    let env = Arc::new(Env::new(&args.common)?);
+/// Which messages a fan-out style scenario sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fanout,
+    Unicast,
+    Inbox,
+}
+
+async fn scenario_fanout(args: FanoutArgs, kind: Kind) -> anyhow::Result<Value> {
+    let unicast = kind != Kind::Fanout;
+    let mut env = Env::new(&args.common)?;
+    env.inbox = kind == Kind::Inbox;
+    let env = Arc::new(env);
     let recorder = Arc::new(Recorder::default());
     let mut opened = open_many(&env, 0, args.connections, !unicast, &recorder).await;
     anyhow::ensure!(opened.failures.is_empty(), "connections failed: {:?}", opened.failures);
@@ -398,7 +424,11 @@ async fn scenario_fanout(args: FanoutArgs, unicast: bool) -> anyhow::Result<Valu
     await_deliveries(&recorder, expected, Duration::from_secs(5)).await;
     let cpu = window.stop();
     close_all(&mut opened.connections).await;
-    let name = if unicast { "unicast" } else { "fanout" };
+    let name = match kind {
+        Kind::Fanout => "fanout",
+        Kind::Unicast => "unicast",
+        Kind::Inbox => "inbox",
+    };
     Ok(fanout_result(
         name,
         &args,
@@ -496,8 +526,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (label, result) = match cli.scenario {
         Scenario::Connect(args) => (args.common.label.clone(), scenario_connect(args).await?),
-        Scenario::Fanout(args) => (args.common.label.clone(), scenario_fanout(args, false).await?),
-        Scenario::Unicast(args) => (args.common.label.clone(), scenario_fanout(args, true).await?),
+        Scenario::Fanout(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Fanout).await?),
+        Scenario::Unicast(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Unicast).await?),
+        Scenario::Inbox(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Inbox).await?),
         Scenario::Churn(args) => (args.fanout.common.label.clone(), scenario_churn(args).await?),
     };
     let mut result = result;

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The broker could not take the event.
     BrokerUnavailable,
+    /// The named resource does not exist for this principal (another user's included).
+    NotFound,
+    /// The store (SQLite or PostgreSQL) failed or is unreachable.
+    StoreUnavailable,
     /// An unexpected internal failure; details are only in the logs.
     Internal,
 }
@@ -57,6 +61,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
             ErrorCode::BrokerUnavailable => "BROKER_UNAVAILABLE",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -63,6 +63,9 @@ pub enum EventError {
 pub struct Event {
     name: Arc<str>,
     data: Arc<RawValue>,
+    /// Where the event stands in a resumable stream (a notification's id), if anywhere;
+    /// SSE sends it as `id:` so that a reconnecting client's `Last-Event-ID` names it.
+    position: Option<u64>,
 }
 
 impl Event {
@@ -77,7 +80,14 @@ impl Event {
         } else {
             data
         };
-        Ok(Self { name: Arc::from(name), data: Arc::from(data) })
+        Ok(Self { name: Arc::from(name), data: Arc::from(data), position: None })
+    }
+
+    /// An event Herald itself emits under a constant name it knows to be valid, with
+    /// payload text it built (single-line JSON); skips the checks of [`Event::new`].
+    pub fn internal(name: &'static str, data: Box<RawValue>) -> Self {
+        debug_assert!(validate_event_name(name).is_ok(), "invalid internal event name {name:?}");
+        Self { name: Arc::from(name), data: Arc::from(data), position: None }
     }
 
     /// Builds an event from a serialisable value; for events Herald itself emits.
@@ -88,6 +98,16 @@ impl Event {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The event with a stream position (see [`Event::position`]).
+    pub fn at_position(mut self, position: u64) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    pub fn position(&self) -> Option<u64> {
+        self.position
     }
 
     /// The payload, exactly as it will appear on the wire.
@@ -111,7 +131,7 @@ pub fn validate_event_name(name: &str) -> Result<(), EventError> {
     Ok(())
 }
 
-/// Numbers deliveries on this node; used as the SSE `id:` until topics have positions.
+/// Numbers deliveries on this node (for logs and ordering checks).
 static NEXT_DELIVERY_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One event on its way to many sessions, with its encodings cached per wire format.

@@ -360,6 +360,31 @@ impl Hub {
         delivered
     }
 
+    /// Offers one event to one session only (e.g. notifications it missed while offline).
+    /// Returns whether the session took it; a full queue closes it as a slow consumer.
+    pub fn send_to(&self, id: SessionId, delivery: Arc<Delivery>) -> bool {
+        let outlet = match self.inner.sessions.read().get(&id) {
+            Some(entry) => entry.outlet.clone(),
+            None => return false,
+        };
+        match outlet.offer(&delivery) {
+            Ok(()) => true,
+            Err(OfferError::Full) => {
+                self.close_session(id, CloseReason::SlowConsumer);
+                false
+            }
+            Err(OfferError::Closed) => {
+                self.remove(id);
+                false
+            }
+        }
+    }
+
+    /// Whether the user has at least one session on this node.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.inner.users.lock().contains_key(user)
+    }
+
     /// Closes sessions whose token has expired, and, when `idle` is set, sessions without
     /// client activity for that long. Returns how many were closed.
     pub fn sweep(&self, idle: Option<Duration>) -> usize {

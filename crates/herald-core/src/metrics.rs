@@ -33,6 +33,12 @@ pub const PUBLISHES: &str = "herald_publishes_total";
 pub const UNIQUE_USERS: &str = "herald_unique_users";
 /// Gauge: topics with at least one local subscriber (updated when `/metrics` is scraped).
 pub const TOPICS_ACTIVE: &str = "herald_topics_active";
+/// Counter: notifications the inbox stored (duplicates by dedupe key not counted).
+pub const INBOX_CREATED: &str = "herald_inbox_notifications_created_total";
+/// Histogram: seconds one inbox write transaction (a batch of creations) took.
+pub const INBOX_WRITE_SECONDS: &str = "herald_inbox_write_seconds";
+/// Counter: retention runs that deleted notifications.
+pub const INBOX_PRUNE_RUNS: &str = "herald_inbox_prune_runs_total";
 
 /// How many distinct event names get a label of their own; the rest share `other`,
 /// so a producer inventing names cannot blow up the metric cardinality.

@@ -20,12 +20,41 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::Settings;
+use crate::config::{Settings, StoreSettings};
 use crate::http::{ApiError, ops, publish};
+use crate::inbox::{Inbox, api as inbox_api};
 use crate::limits::Admission;
 use crate::state::{AppState, Shared};
 use crate::telemetry;
 use crate::transport::{socketio, sse, ws};
+use herald_store::{PostgresStore, SqliteStore, Store};
+
+/// Opens the configured store; failing to is a startup error, never a silent fallback.
+async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match settings {
+        StoreSettings::SqliteFile(path) => Arc::new(
+            SqliteStore::open(path, false)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot open the SQLite store {}: {error}", path.display()))?,
+        ),
+        StoreSettings::SqliteUrl(url) => Arc::new(
+            SqliteStore::open_url(url, false)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot open the SQLite store: {error}"))?,
+        ),
+        StoreSettings::SqliteMemory => Arc::new(
+            SqliteStore::open_memory()
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot open the SQLite store: {error}"))?,
+        ),
+        StoreSettings::Postgres { url, schema } => Arc::new(
+            PostgresStore::connect(url, schema.as_deref())
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot connect to the PostgreSQL store: {error}"))?,
+        ),
+    };
+    Ok(store)
+}
 
 /// How often expired tokens and idle sessions are looked for.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
@@ -68,13 +97,20 @@ impl App {
         };
         let admission =
             Admission::new(settings.max_connections, settings.rate_limit_max_connections, settings.rate_limit_window);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let store = open_store(&settings.store).await?;
+        let inbox = Inbox::start(store, settings.inbox.clone(), hub.clone(), broker.clone(), shutdown.clone(), &tasks)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot start the inbox: {error}"))?;
         let state = AppState(Arc::new(Shared {
             hub,
             broker,
+            inbox,
             verifier,
             admission,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
             metrics: telemetry::prometheus(),
             started_at: Instant::now(),
             settings,
@@ -203,6 +239,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/community/ws/health", get(ops::community_health))
         .route("/api/publish", post(publish::publish))
+        .route("/api/notifications", post(inbox_api::create))
+        .route("/api/users/{user}/notifications", get(inbox_api::list_of_user))
+        .route("/api/me/notifications", get(inbox_api::my_list))
+        .route("/api/me/notifications/unread-count", get(inbox_api::my_unread_count))
+        .route(
+            "/api/me/notifications/{id}",
+            get(inbox_api::my_get).delete(inbox_api::my_delete).post(inbox_api::my_change),
+        )
         .route("/ws", get(ws::canonical))
         .route("/api/community/ws", get(ws::community))
         .route("/events", get(sse::canonical))

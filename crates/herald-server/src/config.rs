@@ -28,6 +28,11 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
     pub const JWT_LEEWAY_SECS: u64 = 5;
     pub const MAX_TOPICS_PER_SESSION: usize = 1_000;
+    pub const SQLITE_PATH: &str = "herald.db";
+    pub const INBOX_MAX_PAYLOAD: usize = 16 * 1024;
+    pub const INBOX_MAX_AGE: &str = "90d";
+    pub const INBOX_MAX_PER_USER: u32 = 1_000;
+    pub const INBOX_PRUNE_INTERVAL: &str = "60s";
 }
 
 /// Everything `herald serve` can be told. Each flag also reads the environment variable
@@ -85,10 +90,34 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// PostgreSQL URL for the store (not available in this version: startup fails rather
-    /// than silently using another store).
-    #[arg(long, env = "DATABASE_URL")]
+    /// Store: a `postgres://` URL for PostgreSQL, or a `sqlite:` URL; unset means the
+    /// SQLite file at --sqlite-path. A store that cannot be opened stops startup.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// PostgreSQL schema for Herald's tables (created if missing); default the URL's search path.
+    #[arg(long, env = "HERALD_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
+
+    /// SQLite database file used when DATABASE_URL is unset (created if missing, WAL mode).
+    #[arg(long, env = "HERALD_SQLITE_PATH", default_value = defaults::SQLITE_PATH)]
+    pub sqlite_path: PathBuf,
+
+    /// Largest notification payload accepted by the inbox, bytes of JSON.
+    #[arg(long, env = "HERALD_INBOX_MAX_PAYLOAD", default_value_t = defaults::INBOX_MAX_PAYLOAD)]
+    pub inbox_max_payload: usize,
+
+    /// Notifications older than this are pruned (e.g. `90d`, `12h`); `0s` keeps them forever.
+    #[arg(long, env = "HERALD_INBOX_MAX_AGE", default_value = defaults::INBOX_MAX_AGE, value_parser = humantime::parse_duration)]
+    pub inbox_max_age: Duration,
+
+    /// A user keeps at most this many notifications, the newest; 0 means no limit.
+    #[arg(long, env = "HERALD_INBOX_MAX_PER_USER", default_value_t = defaults::INBOX_MAX_PER_USER)]
+    pub inbox_max_per_user: u32,
+
+    /// How often the inbox is pruned (e.g. `60s`).
+    #[arg(long, env = "HERALD_INBOX_PRUNE_INTERVAL", default_value = defaults::INBOX_PRUNE_INTERVAL, value_parser = humantime::parse_duration)]
+    pub inbox_prune_interval: Duration,
 
     /// Allowed CORS origin(s), comma-separated; `*` allows any.
     #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
@@ -180,6 +209,34 @@ pub enum ConfigError {
     Unsupported { name: &'static str, what: &'static str },
     #[error("invalid CORS_ORIGIN {0:?}")]
     Cors(String),
+    #[error("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")]
+    DatabaseUrl,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// An SQLite file, created if missing (the embedded default).
+    SqliteFile(PathBuf),
+    /// An SQLite `sqlite:` URL.
+    SqliteUrl(String),
+    /// A private in-memory SQLite database, gone with the process (tests, embedding).
+    SqliteMemory,
+    /// PostgreSQL, optionally in its own schema.
+    Postgres { url: String, schema: Option<String> },
+}
+
+impl StoreSettings {
+    /// From `DATABASE_URL`.
+    pub fn from_url(url: &str, schema: Option<String>) -> Result<Self, ConfigError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreSettings::Postgres { url: url.to_owned(), schema })
+        } else if url.starts_with("sqlite:") {
+            Ok(StoreSettings::SqliteUrl(url.to_owned()))
+        } else {
+            Err(ConfigError::DatabaseUrl)
+        }
+    }
 }
 
 /// The resolved runtime configuration of one gateway.
@@ -204,6 +261,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub json_logs: bool,
     pub metrics_listen: Option<SocketAddr>,
+    pub store: StoreSettings,
+    pub inbox: crate::inbox::InboxSettings,
 }
 
 impl Settings {
@@ -230,6 +289,8 @@ impl Settings {
             shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
             json_logs: false,
             metrics_listen: None,
+            store: StoreSettings::SqliteMemory,
+            inbox: crate::inbox::InboxSettings::default(),
         }
     }
 }
@@ -261,9 +322,10 @@ impl Config {
         if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
             return Err(ConfigError::Unsupported { name: "REDIS_URL", what: "Redis broker" });
         }
-        if self.database_url.as_deref().is_some_and(|url| !url.is_empty()) {
-            return Err(ConfigError::Unsupported { name: "DATABASE_URL", what: "PostgreSQL store" });
-        }
+        let store = match self.database_url.as_deref().filter(|url| !url.is_empty()) {
+            Some(url) => StoreSettings::from_url(url, self.database_schema.clone())?,
+            None => StoreSettings::SqliteFile(self.sqlite_path.clone()),
+        };
         let development = self.is_development();
         let mut generated = Generated::default();
         let key = match (&self.jwt_public_key, self.jwt_secret()) {
@@ -322,6 +384,13 @@ impl Config {
             shutdown_timeout: ms(self.shutdown_timeout),
             json_logs: self.environment().is_some_and(|env| env.eq_ignore_ascii_case("production")),
             metrics_listen: self.metrics_enabled.then(|| SocketAddr::new(self.host, self.metrics_port)),
+            store,
+            inbox: crate::inbox::InboxSettings {
+                max_payload: self.inbox_max_payload,
+                max_age: (!self.inbox_max_age.is_zero()).then_some(self.inbox_max_age),
+                max_per_user: (self.inbox_max_per_user > 0).then_some(self.inbox_max_per_user),
+                prune_interval: self.inbox_prune_interval.max(Duration::from_secs(1)),
+            },
         };
         Ok((settings, generated))
     }

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod inbox;
 pub mod limits;
 pub mod state;
 pub mod telemetry;
@@ -19,4 +20,4 @@ pub mod transport;
 pub mod wire;
 
 pub use app::{App, Running};
-pub use config::{Config, Settings};
+pub use config::{Config, Settings, StoreSettings};

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::extract::ConnectInfo;
 use herald_auth::{AuthError, Verifier};
-use herald_core::{Broker, Hub, Principal};
+use herald_core::{Broker, Hub, Outlet, Principal, SessionGuard, SessionId};
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,8 @@ pub struct Shared {
     pub hub: Hub,
     /// Where publications go; the only path to other nodes.
     pub broker: Arc<dyn Broker>,
+    /// The notification inbox (over the store).
+    pub inbox: Arc<crate::inbox::Inbox>,
     /// Verifies each connection's token once.
     pub verifier: Verifier,
     /// Connection cap and per-IP rate.
@@ -76,6 +78,41 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// The peer address axum recorded for this request, if any.
 pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
     extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+impl AppState {
+    /// Registers a session through the inbox and starts giving it the notifications its
+    /// device missed (see `inbox`). `after` is an SSE client's `Last-Event-ID`.
+    pub fn join(
+        &self,
+        principal: Principal,
+        transport: &'static str,
+        outlet: Arc<dyn Outlet>,
+        after: Option<i64>,
+    ) -> crate::inbox::Joined {
+        let joined = self.inbox.register(&self.hub, principal, transport, outlet);
+        self.catch_up(&joined.session, joined.through, after);
+        joined
+    }
+
+    /// Gives a session registered through `inbox.register` what its device missed, up to
+    /// `through`, in a tracked task.
+    pub fn catch_up(&self, session: &SessionGuard, through: i64, after: Option<i64>) {
+        self.catch_up_session(session.id(), session.principal().clone(), through, after);
+    }
+
+    /// [`AppState::catch_up`] by session id.
+    pub fn catch_up_session(&self, id: SessionId, principal: Principal, through: i64, after: Option<i64>) {
+        let state = self.clone();
+        // Catch-up must fit the session's queue beside live events.
+        let limit = (self.settings.session_queue.min(self.settings.socketio_buffer) / 2).max(1) as u32;
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => {}
+                _ = state.inbox.catch_up(&state.hub, id, &principal, through, after, limit) => {}
+            }
+        });
+    }
 }
 
 impl Shared {

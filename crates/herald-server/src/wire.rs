@@ -142,15 +142,16 @@ pub fn typed_data(name: &str, data: &str) -> String {
     String::from_utf8_lossy(&typed_envelope(name, "data", data)).into_owned()
 }
 
-/// The cached SSE encoding of a delivery for `dialect`.
+/// The cached SSE encoding of a delivery for `dialect`. Only events with a stream
+/// position (notifications) carry an `id:`, so a browser's `Last-Event-ID` is always
+/// the last notification it received.
 pub fn sse_encoded(delivery: &Delivery, dialect: Dialect) -> Bytes {
-    let id = delivery.id();
     match dialect {
         Dialect::Notifications => delivery.encoded(SSE_NOTIFICATIONS, |event: &Event| {
-            sse_message(Some(id), None, &typed_data(dialect.outgoing(event.name()), event.data().get()))
+            sse_message(event.position(), None, &typed_data(dialect.outgoing(event.name()), event.data().get()))
         }),
         _ => delivery.encoded(SSE_CANONICAL, |event: &Event| {
-            sse_message(Some(id), Some(dialect.outgoing(event.name())), event.data().get())
+            sse_message(event.position(), Some(dialect.outgoing(event.name())), event.data().get())
         }),
     }
 }
@@ -183,14 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn sse_messages_carry_id_event_and_one_data_line() {
+    fn sse_messages_carry_event_and_one_data_line_and_an_id_only_with_a_position() {
         let delivery = delivery("notification", json!({"a": "x\ny"}));
         let text = String::from_utf8(sse_encoded(&delivery, Dialect::Canonical).to_vec()).unwrap();
-        assert_eq!(text, format!("id: {}\nevent: notification\ndata: {{\"a\":\"x\\ny\"}}\n\n", delivery.id()));
+        assert_eq!(text, "event: notification\ndata: {\"a\":\"x\\ny\"}\n\n");
         let text = String::from_utf8(sse_encoded(&delivery, Dialect::Notifications).to_vec()).unwrap();
-        assert_eq!(
-            text,
-            format!("id: {}\ndata: {{\"type\":\"notification\",\"data\":{{\"a\":\"x\\ny\"}}}}\n\n", delivery.id())
-        );
+        assert_eq!(text, "data: {\"type\":\"notification\",\"data\":{\"a\":\"x\\ny\"}}\n\n");
+        let positioned = Delivery::new(Event::from_value("notification:new", &json!({})).unwrap().at_position(42));
+        let text = String::from_utf8(sse_encoded(&positioned, Dialect::Notifications).to_vec()).unwrap();
+        assert_eq!(text, "id: 42\ndata: {\"type\":\"notification\",\"data\":{}}\n\n");
     }
 }

@@ -18,12 +18,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use herald_auth::{Signer, TokenSpec};
-use herald_server::{App, Running, Settings};
+use herald_server::{App, Running, Settings, StoreSettings};
 use serde_json::Value;
 
 pub use node::NodeClient;
 pub use sse::SseClient;
 pub use ws::{Ended, WsClient};
+
+/// Settings for a gateway whose store is `store` (e.g. [`TestSchema::store`]).
+pub fn with_store(store: StoreSettings) -> impl FnOnce(&mut Settings) {
+    move |settings| settings.store = store
+}
 
 /// The JWT secret every test gateway uses.
 pub const SECRET: &str = "herald-test-secret-0123456789abcdef";
@@ -31,6 +36,53 @@ pub const SECRET: &str = "herald-test-secret-0123456789abcdef";
 pub const API_KEY: &str = "herald-test-api-key";
 /// The longest any test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A PostgreSQL schema of its own for one test, in `HERALD_TEST_DATABASE_URL` (default the
+/// local `test` database); [`TestSchema::drop_schema`] removes it.
+pub struct TestSchema {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestSchema {
+    pub fn new() -> Self {
+        let url = std::env::var("HERALD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let name = format!("herald_test_{:016x}", rand_u64());
+        Self { url, name }
+    }
+
+    /// Store settings that put Herald's tables in this schema.
+    pub fn store(&self) -> StoreSettings {
+        StoreSettings::Postgres { url: self.url.clone(), schema: Some(self.name.clone()) }
+    }
+
+    /// Drops the schema and everything in it (call at the end of the test).
+    pub async fn drop_schema(self) {
+        let status = tokio::process::Command::new("psql")
+            .arg(&self.url)
+            .args(["-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)])
+            .status()
+            .await
+            .expect("psql runs");
+        assert!(status.success(), "schema {} dropped", self.name);
+    }
+}
+
+impl Default for TestSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
+    hasher.finish()
+}
 
 /// Builds a [`TestGateway`] with adjusted settings.
 pub struct Builder {
@@ -76,6 +128,12 @@ impl TestGateway {
         self.signer.mint(&TokenSpec::new(sub)).expect("token minted")
     }
 
+    /// A valid one-hour token for `sub` on one device (`deviceId` claim).
+    pub fn device_token(&self, sub: &str, device: &str) -> String {
+        let spec = TokenSpec { device: Some(device.to_owned()), ..TokenSpec::new(sub) };
+        self.signer.mint(&spec).expect("token minted")
+    }
+
     /// A token with roles.
     pub fn token_with_roles(&self, sub: &str, roles: &[&str]) -> String {
         self.signer.mint(&TokenSpec::new(sub).roles(roles)).expect("token minted")
@@ -111,6 +169,27 @@ impl TestGateway {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// Any request with an optional bearer (API key or user token) and JSON body; returns
+    /// status and JSON body (or `Null` when not JSON).
+    pub async fn request(&self, method: &str, path: &str, bearer: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut request = reqwest::Client::new().request(method, self.http_url(path));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST /api/notifications` with the API key.
+    pub async fn notify(&self, body: Value) -> (u16, Value) {
+        self.request("POST", "/api/notifications", Some(API_KEY), Some(body)).await
     }
 
     /// GETs a path; returns status and JSON body (or `Null` when not JSON).

@@ -16,9 +16,17 @@ pub struct SseClient {
 impl SseClient {
     /// Opens `url`, optionally with `Authorization: Bearer`; `Err(status)` unless 200.
     pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Self, u16> {
+        Self::connect_with(url, bearer, &[]).await
+    }
+
+    /// Like [`SseClient::connect`], with extra request headers (e.g. `Last-Event-ID`).
+    pub async fn connect_with(url: &str, bearer: Option<&str>, headers: &[(&str, &str)]) -> Result<Self, u16> {
         let mut request = reqwest::Client::new().get(url).header("accept", "text/event-stream");
         if let Some(bearer) = bearer {
             request = request.bearer_auth(bearer);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await.map_err(|_| 0u16)?;
         if response.status() != 200 {

@@ -25,14 +25,25 @@ const CLEARED: &[&str] = &[
     "HERALD_CONFIG",
     "HOST",
     "METRICS_ENABLED",
+    "HERALD_SQLITE_PATH",
+    "HERALD_DATABASE_SCHEMA",
 ];
+
+/// A fresh SQLite path for one server, so no test writes `herald.db` into the crate.
+fn scratch_database() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("herald-cli-test-{}-{n}.db", std::process::id()))
+}
 
 fn herald() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
     for name in CLEARED {
         command.env_remove(name);
     }
-    command.env("HOST", "127.0.0.1").env("LOG_LEVEL", "info").kill_on_drop(true);
+    command.env("HOST", "127.0.0.1").env("LOG_LEVEL", "info").env("HERALD_SQLITE_PATH", scratch_database());
+    command.kill_on_drop(true);
     command
 }
 
@@ -94,6 +105,69 @@ async fn refuses_backends_it_does_not_have_rather_than_falling_back() {
         output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "redis://127.0.0.1:1")).await;
     assert_ne!(code, 0);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_unreachable_or_unknown_database_stops_startup() {
+    let (code, _, stderr) =
+        output(herald().args(["--dev"]).env("PORT", "0").env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"))
+            .await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    let (code, _, stderr) = output(herald().args(["--dev"]).env("PORT", "0").env("DATABASE_URL", "mysql://x/y")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    let (code, _, stderr) =
+        output(herald().args(["--dev"]).env("PORT", "0").env("HERALD_SQLITE_PATH", "/proc/no/such/dir/h.db")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("SQLite"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_notification_answered_2xx_survives_kill_9_on_sqlite_and_postgres() {
+    let directory = tempfile::tempdir().unwrap();
+    let schema = herald_testkit::TestSchema::new();
+    let sqlite: Vec<(&str, String)> =
+        vec![("HERALD_SQLITE_PATH", directory.path().join("durable.db").display().to_string())];
+    let postgres: Vec<(&str, String)> =
+        vec![("DATABASE_URL", schema.url.clone()), ("HERALD_DATABASE_SCHEMA", schema.name.clone())];
+    for store in [sqlite, postgres] {
+        let server = |store: &[(&str, String)]| {
+            let mut command = herald();
+            command.env("JWT_SECRET", "durable-secret").env("HERALD_API_KEY", "durable-key");
+            for (name, value) in store {
+                command.env(name, value);
+            }
+            command
+        };
+        let mut first = start(server(&store)).await;
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/api/notifications", first.port))
+            .bearer_auth("durable-key")
+            .json(&json!({"userId": "alice", "type": "TIP", "payload": {"amount": 3}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let id = response.json::<serde_json::Value>().await.unwrap()["notification"]["id"].clone();
+        // SIGKILL right after the answer: no shutdown, no flush.
+        first.child.kill().await.unwrap();
+
+        let mut second = start(server(&store)).await;
+        let listed: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/users/alice/notifications", second.port))
+            .bearer_auth("durable-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["notifications"][0]["id"], id, "{store:?}: {listed}");
+        assert_eq!(listed["notifications"][0]["payload"], json!({"amount": 3}));
+        second.child.kill().await.unwrap();
+    }
+    schema.drop_schema().await;
 }
 
 #[tokio::test]

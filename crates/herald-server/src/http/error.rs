@@ -38,7 +38,10 @@ impl ApiError {
             ErrorCode::Forbidden | ErrorCode::MembershipRequired => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections | ErrorCode::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections | ErrorCode::BrokerUnavailable | ErrorCode::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::InvalidTopic | ErrorCode::InvalidJson | ErrorCode::InvalidPayload | ErrorCode::UnknownEvent => {
                 StatusCode::BAD_REQUEST

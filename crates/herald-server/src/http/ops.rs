@@ -18,15 +18,28 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /ready`: the broker (and, once it exists, the store) can be reached; 503 otherwise
 /// or while shutting down.
+/// How long `/ready` waits for the store to answer.
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn ready(State(state): State<AppState>) -> Response {
     let broker_ready = state.broker.is_ready();
     let shutting_down = state.shutdown.is_cancelled();
-    let ready = broker_ready && !shutting_down;
+    let store = state.inbox.store();
+    let store_ready = match tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "store not ready");
+            false
+        }
+        Err(_) => false,
+    };
+    let ready = broker_ready && store_ready && !shutting_down;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "ready": ready,
         "shuttingDown": shutting_down,
         "broker": {"kind": state.broker.kind(), "ready": broker_ready},
+        "store": {"kind": store.kind(), "ready": store_ready},
     });
     (status, Json(body)).into_response()
 }

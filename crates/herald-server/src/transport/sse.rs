@@ -57,6 +57,7 @@ struct StreamState {
     /// The opening bytes, sent before anything else.
     opening: Option<Bytes>,
     finished: bool,
+    _presence: crate::inbox::Presence,
     _permit: ConnectionPermit,
 }
 
@@ -71,8 +72,15 @@ fn accept(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
+    // A reconnecting EventSource names the last notification it received.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<i64>().ok())
+        .filter(|id| *id >= 0);
     let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
-    let session = state.hub.register(principal, "sse", outlet);
+    let joined = state.join(principal, "sse", outlet, last_event_id);
+    let session = joined.session;
     let mut opening = format!("retry: {RETRY_MS}\n\n");
     if dialect == Dialect::Canonical {
         let hello = json!({"userId": session.principal().user_id.as_str(), "sessionId": session.id().to_string()});
@@ -89,6 +97,7 @@ fn accept(
         dialect,
         opening: Some(Bytes::from(opening)),
         finished: false,
+        _presence: joined.presence,
         _permit: permit,
     };
     let body = stream::unfold(stream_state, next_chunk);

@@ -27,13 +27,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::metrics::{self as m, count_error};
-use herald_core::{CloseReason, Delivery, ErrorCode, SessionGuard, Topic};
+use herald_core::{CloseReason, Delivery, ErrorCode, Event, SessionGuard, Topic};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::mailbox::Receiver;
 use super::QueueOutlet;
+use super::mailbox::Receiver;
+use crate::inbox::{Presence, api as inbox_api};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
 use crate::wire::{self, Dialect};
@@ -94,8 +95,15 @@ fn accept(
     // Registered now, so the connection task does not carry the principal, and events
     // published while the upgrade completes wait in the queue.
     let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
-    let session = state.hub.register(principal, "ws", outlet);
-    let link = Link { session, queue, dialect, _permit: permit };
+    let joined = state.join(principal, "ws", outlet, None);
+    let link = Link {
+        session: joined.session,
+        through: joined.through,
+        queue,
+        dialect,
+        _presence: joined.presence,
+        _permit: permit,
+    };
     let task_state = state.clone();
     configure(upgrade, state.settings.max_payload).on_upgrade(move |socket| {
         let tasks = task_state.tasks.clone();
@@ -109,6 +117,9 @@ struct Link {
     session: SessionGuard,
     queue: Receiver<Arc<Delivery>>,
     dialect: Dialect,
+    /// The inbox mark at registration (see `inbox::Joined`).
+    through: i64,
+    _presence: Presence,
     _permit: ConnectionPermit,
 }
 
@@ -127,6 +138,9 @@ struct IncomingFrame {
     kind: String,
     #[serde(default)]
     payload: serde_json::Value,
+    /// A client's request id, echoed in the `ack` frame of an inbox command.
+    #[serde(default)]
+    id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -158,27 +172,57 @@ fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Answers one text frame from the client.
-fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard) -> Message {
+/// Answers one text frame from the client: at once, or (inbox commands) with an `ack`
+/// frame through the session's queue once the store has answered.
+fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard, through: i64, state: &AppState) -> Option<Message> {
     let frame: IncomingFrame = match serde_json::from_str(raw) {
         Ok(frame) => frame,
         Err(error) if error.is_syntax() || error.is_eof() => {
-            return error_frame(ErrorCode::InvalidJson, "frame is not valid JSON", None);
+            return Some(error_frame(ErrorCode::InvalidJson, "frame is not valid JSON", None));
         }
         Err(_) => {
-            return error_frame(
+            return Some(error_frame(
                 ErrorCode::InvalidPayload,
                 "frame must be an object {\"type\": string, \"payload\": object}",
                 None,
-            );
+            ));
         }
     };
     metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&frame.kind)).increment(1);
-    match dialect.incoming(&frame.kind) {
+    let kind = dialect.incoming(&frame.kind);
+    if let Some(answer) = inbox_api::command(state, Some((session.principal(), through)), kind, frame.payload.clone()) {
+        let (state, id, event, request) = (state.clone(), session.id(), kind.to_owned(), frame.id);
+        state.tasks.clone().spawn(async move {
+            let mut body = match answer.await {
+                Ok(body) => body,
+                Err((code, message)) => {
+                    count_error(code);
+                    json!({"success": false, "error": {"code": code.as_str(), "message": message}})
+                }
+            };
+            if body.get("success").is_none() {
+                body["success"] = json!(true);
+            }
+            body["event"] = json!(event);
+            if let Some(request) = request {
+                body["id"] = request;
+            }
+            if let Ok(ack) = Event::from_value("ack", &body) {
+                state.hub.send_to(id, Arc::new(Delivery::new(ack)));
+            }
+        });
+        return None;
+    }
+    Some(answer_now(kind, frame.payload, session))
+}
+
+/// The commands answered without the store.
+fn answer_now(kind: &str, payload: serde_json::Value, session: &SessionGuard) -> Message {
+    match kind {
         "PING" => text(wire::ws_frame("PONG", &json!({"timestamp": now_millis()}).to_string())),
         "ping" => text(wire::ws_frame("pong", &json!({"timestamp": now_millis()}).to_string())),
         kind @ ("subscribe" | "unsubscribe") => {
-            let Ok(TopicPayload { topic }) = serde_json::from_value(frame.payload) else {
+            let Ok(TopicPayload { topic }) = serde_json::from_value(payload) else {
                 return error_frame(ErrorCode::InvalidPayload, "payload must be {\"topic\": string}", Some(kind));
             };
             let topic = match Topic::parse(&topic) {
@@ -226,6 +270,7 @@ enum Halt {
 ///
 /// Not an `async fn`, and no frame is held across an await, so that this adds little to
 /// every connection's future (see [`run`]).
+#[allow(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice in its future")]
 fn send_batch<'a>(
     socket: &'a mut WebSocket,
     first: Arc<Delivery>,
@@ -272,6 +317,7 @@ fn hello(session: &SessionGuard) -> Message {
 /// (rust-lang/rust#62958), and the WebSocket alone is 368 bytes. The block below uses the
 /// captured values in place and keeps its temporaries out of the await points, so an idle
 /// connection's future is the socket, the link and the session loop's state.
+#[allow(clippy::manual_async_fn, reason = "an async fn would keep its arguments twice in its future")]
 fn run(mut socket: WebSocket, state: AppState, mut link: Link) -> impl Future<Output = ()> {
     async move {
         let link = &mut link;
@@ -287,7 +333,13 @@ fn run(mut socket: WebSocket, state: AppState, mut link: Link) -> impl Future<Ou
 }
 
 /// Says goodbye the way `end` asks.
-async fn finish(socket: &mut WebSocket, state: &AppState, queue: &mut Receiver<Arc<Delivery>>, dialect: Dialect, end: End) {
+async fn finish(
+    socket: &mut WebSocket,
+    state: &AppState,
+    queue: &mut Receiver<Arc<Delivery>>,
+    dialect: Dialect,
+    end: End,
+) {
     match end {
         End::Close(code, reason) => send_close(socket, code, reason).await,
         End::Drain => {
@@ -328,8 +380,8 @@ enum Wake {
 }
 
 async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End {
-    let Link { session, queue, dialect, .. } = link;
-    let dialect = *dialect;
+    let Link { session, queue, dialect, through, .. } = link;
+    let (dialect, through) = (*dialect, *through);
     let mut heartbeat = tokio::time::interval(state.settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
@@ -372,14 +424,16 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
                 }
                 Some(Ok(Message::Text(raw))) => {
                     session.touch();
-                    let reply = handle_text(raw.as_str(), dialect, session);
-                    if socket.send(reply).await.is_err() {
+                    if let Some(reply) = handle_text(raw.as_str(), dialect, session, through, state)
+                        && socket.send(reply).await.is_err()
+                    {
                         return End::Gone;
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
                     session.touch();
-                    let reply = error_frame(ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text", None);
+                    let reply =
+                        error_frame(ErrorCode::InvalidPayload, "binary frames are not supported; send JSON text", None);
                     if socket.send(reply).await.is_err() {
                         return End::Gone;
                     }
@@ -395,7 +449,8 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
             },
             Wake::Heartbeat => {
                 if awaiting_pong {
-                    metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::HeartbeatTimeout.as_str()).increment(1);
+                    metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::HeartbeatTimeout.as_str())
+                        .increment(1);
                     tracing::debug!(session = %session.id(), "no pong: terminating");
                     return End::Gone;
                 }

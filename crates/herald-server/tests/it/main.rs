@@ -3,6 +3,7 @@
 //! (tokio-tungstenite, reqwest + eventsource-stream, the npm socket.io-client).
 
 mod engineio;
+mod inbox;
 mod limits;
 mod ops;
 mod publish;

@@ -6,10 +6,7 @@ use serde_json::json;
 
 use crate::support::publish_ok;
 
-fn driver(gateway: &TestGateway, path: &str, options: serde_json::Value) -> herald_testkit::NodeClient {
-    let url = gateway.http_url(path);
-    gateway.node("sio-driver.mjs", &[("HERALD_URL", &url), ("SIO_OPTIONS", &options.to_string())])
-}
+use crate::support::driver;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_client_receives_notifications_and_joins_channels() {
@@ -156,7 +153,10 @@ async fn notifications_namespace_accepts_the_query_token() {
     let path = format!("/notifications?token={}", gateway.token("q"));
     let mut client = driver(&gateway, &path, json!({}));
     client.kind("connect").await;
-    assert_eq!(client.emit_with_ack("subscribe_notifications", json!({})).await, json!({"success": true}));
+    assert_eq!(
+        client.emit_with_ack("subscribe_notifications", json!({})).await,
+        json!({"success": true, "unreadCount": 0})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

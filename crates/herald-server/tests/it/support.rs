@@ -31,3 +31,9 @@ pub async fn publish_ok(gateway: &TestGateway, body: Value) {
     let (status, response) = gateway.publish(body).await;
     assert_eq!(status, 202, "{response}");
 }
+
+/// The npm socket.io-client connected to `path` (a namespace, optionally with a query).
+pub fn driver(gateway: &TestGateway, path: &str, options: Value) -> herald_testkit::NodeClient {
+    let url = gateway.http_url(path);
+    gateway.node("sio-driver.mjs", &[("HERALD_URL", &url), ("SIO_OPTIONS", &options.to_string())])
+}

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::packet::{self, Kind};
+use crate::inbox::{Joined, Presence, api as inbox_api};
 use crate::limits::ConnectionPermit;
 use crate::state::AppState;
 use crate::transport::mailbox::{self, PushError, Receiver};
@@ -104,6 +105,10 @@ struct NsSocket {
     id: Box<str>,
     /// `None` until authenticated (namespace `/` allows a grace period).
     session: Option<SessionGuard>,
+    /// Moves the device's inbox position when the socket ends.
+    _presence: Option<Presence>,
+    /// The inbox mark at registration (see `inbox::Joined`).
+    through: i64,
 }
 
 /// The namespaces Herald serves, with their dialects.
@@ -303,20 +308,28 @@ impl Conn {
         };
         let id = new_id();
         let connect = json!({"sid": &*id}).to_string();
-        let authenticated = principal.is_some();
-        let session = principal.map(|principal| self.register(principal, dialect));
-        self.sockets.lock().push(NsSocket { dialect, id, session });
+        let joined = principal.map(|principal| self.register(principal, dialect));
+        let catch_up =
+            joined.as_ref().map(|joined| (joined.session.id(), joined.session.principal().clone(), joined.through));
+        let (session, presence, through) = match joined {
+            Some(joined) => (Some(joined.session), Some(joined.presence), joined.through),
+            None => (None, None, 0),
+        };
+        self.sockets.lock().push(NsSocket { dialect, id, session, _presence: presence, through });
         self.push(packet::socketio_text(Kind::Connect, namespace, None, &connect));
-        if authenticated {
+        if let Some((session, principal, through)) = catch_up {
             self.greet(dialect);
+            self.state.catch_up_session(session, principal, through, None);
         } else {
             self.start_auth_grace(dialect);
         }
     }
 
-    fn register(&self, principal: Principal, dialect: Dialect) -> SessionGuard {
+    /// Registers the namespace socket's hub session; returns it with the inbox's mark,
+    /// for [`AppState::catch_up`] once the client has been told it is connected.
+    fn register(&self, principal: Principal, dialect: Dialect) -> Joined {
         let outlet = Arc::new(SocketOutlet { link: self.link.clone(), dialect });
-        self.state.hub.register(principal, "socketio", outlet)
+        self.state.inbox.register(&self.state.hub, principal, "socketio", outlet)
     }
 
     /// Seed 000: a socket on `/` without a token must send `authenticate` in time.
@@ -377,13 +390,30 @@ impl Conn {
             return self.answer(dialect, ack, Err(error));
         };
         let argument = if args.is_empty() { Value::Null } else { args.swap_remove(0) };
-        if let Some(socket) = self.sockets.lock().iter().find(|socket| socket.dialect == dialect)
-            && let Some(session) = &socket.session
-        {
-            session.touch();
-        }
+        let member = {
+            let sockets = self.sockets.lock();
+            let socket = sockets.iter().find(|socket| socket.dialect == dialect);
+            let member = socket.and_then(|socket| socket.session.as_ref().map(|session| (session, socket.through)));
+            if let Some((session, _)) = member {
+                session.touch();
+            }
+            member.map(|(session, through)| (session.principal().clone(), through))
+        };
         let name = dialect.incoming(&name).to_owned();
         metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&name)).increment(1);
+        if let Some(answer) =
+            inbox_api::command(&self.state, member.as_ref().map(|(p, t)| (p, *t)), &name, argument.clone())
+        {
+            // The store answers asynchronously; the ack follows when it has.
+            let conn = Arc::downgrade(self);
+            self.state.tasks.spawn(async move {
+                let result = answer.await;
+                if let Some(conn) = conn.upgrade() {
+                    conn.answer(dialect, ack, result);
+                }
+            });
+            return;
+        }
         let result = self.command(dialect, &name, argument);
         self.answer(dialect, ack, result);
     }
@@ -409,7 +439,6 @@ impl Conn {
 
     fn command(&self, dialect: Dialect, name: &str, data: Value) -> CommandResult {
         match (dialect, name) {
-            (Dialect::Notifications, "subscribe_notifications") => self.with_session(dialect, |_| Ok(json!({}))),
             (Dialect::Canonical, "authenticate") => self.authenticate(data),
             (Dialect::Canonical, "subscribe" | "unsubscribe") => {
                 let topic = field(&data, "topic")
@@ -467,15 +496,19 @@ impl Conn {
         .filter(|token| !token.is_empty())
         .or(self.request_token.as_deref());
         let principal = self.state.authenticate(token).map_err(|error| (error.code, error.message))?;
-        let session = self.register(principal, dialect);
+        let joined = self.register(principal, dialect);
+        let catch_up = (joined.session.id(), joined.session.principal().clone(), joined.through);
         {
             let mut sockets = self.sockets.lock();
             let Some(socket) = sockets.iter_mut().find(|socket| socket.dialect == dialect) else {
                 return Err((ErrorCode::NotAuthenticated, "socket disconnected".into()));
             };
-            socket.session = Some(session);
+            socket.session = Some(joined.session);
+            socket._presence = Some(joined.presence);
+            socket.through = joined.through;
         }
         self.greet(dialect);
+        self.state.catch_up_session(catch_up.0, catch_up.1, catch_up.2, None);
         Ok(json!({}))
     }
 }

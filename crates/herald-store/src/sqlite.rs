@@ -1,0 +1,421 @@
+//! The embedded default: one SQLite file in WAL mode.
+//!
+//! `synchronous = NORMAL`: a commit is in the WAL before Herald answers, so it survives
+//! the process being killed; only a power loss can take the last commits (set
+//! `synchronous = FULL` by passing `durable_on_power_loss`). Sets of ids travel as one
+//! JSON array read with `json_each`, so every statement is static.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr};
+
+use crate::{
+    BoxFuture, Created, ListQuery, NewNotification, Notification, Page, Pending, Retention, Selection, Store,
+    StoreError, columns, decode, distinct, into_page, page_limit,
+};
+
+/// Readers beside the one writer; SQLite serialises writes itself.
+const POOL_SIZE: u32 = 4;
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "inbox".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/sqlite/0001_inbox.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn json_ids(ids: &[i64]) -> String {
+    let parts: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", parts.join(","))
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` and migrates it.
+    pub async fn open(path: &Path, durable_on_power_loss: bool) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        Self::open_with(options, durable_on_power_loss).await
+    }
+
+    /// Opens a `sqlite:` URL (e.g. `sqlite://data/herald.db`).
+    pub async fn open_url(url: &str, durable_on_power_loss: bool) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+        Self::open_with(options, durable_on_power_loss).await
+    }
+
+    /// A private in-memory database (tests, embedding): one connection that is never
+    /// closed, since the data lives and dies with it.
+    pub async fn open_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn open_with(options: SqliteConnectOptions, durable_on_power_loss: bool) -> Result<Self, StoreError> {
+        let synchronous = if durable_on_power_loss { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Counts which of `ids` are the user's; errs unless all are.
+    async fn owns_all(
+        connection: &mut sqlx::SqliteConnection,
+        user: &str,
+        ids: &[i64],
+        json: &str,
+    ) -> Result<(), StoreError> {
+        let owned: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM herald_notifications WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(user)
+        .bind(json)
+        .fetch_one(connection)
+        .await?;
+        if owned as usize == ids.len() { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    /// Runs one statement over the user's selection, all or nothing; `all` and `some`
+    /// are the statement without and with the id set (its last parameter), and
+    /// `leading` the values of the parameters before the user's id.
+    async fn apply(
+        &self,
+        user: &str,
+        which: Selection,
+        leading: Vec<i64>,
+        all: &'static str,
+        some: &'static str,
+    ) -> Result<u64, StoreError> {
+        match which {
+            Selection::All => {
+                let mut query = sqlx::query(all);
+                for value in &leading {
+                    query = query.bind(*value);
+                }
+                Ok(query.bind(user).execute(&self.pool).await?.rows_affected())
+            }
+            Selection::Ids(ids) => {
+                let ids = distinct(&ids);
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let json = json_ids(&ids);
+                let mut tx = self.pool.begin().await?;
+                Self::owns_all(&mut tx, user, &ids, &json).await?;
+                let mut query = sqlx::query(some);
+                for value in &leading {
+                    query = query.bind(*value);
+                }
+                let changed = query.bind(user).bind(&json).execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok(changed)
+            }
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn create(&self, batch: Vec<NewNotification>) -> BoxFuture<'_, Result<Vec<Created>, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            let mut created = Vec::with_capacity(batch.len());
+            for new in batch {
+                let inserted = sqlx::query(concat!(
+                    "INSERT INTO herald_notifications (user_id, type, payload, priority, sound, badge, dedupe_key, created_at, delivered_at, pushed_live) ",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING ",
+                    columns!()
+                ))
+                .bind(&new.user_id)
+                .bind(&new.kind)
+                .bind(&new.payload)
+                .bind(new.priority.as_str())
+                .bind(&new.sound)
+                .bind(new.badge)
+                .bind(&new.dedupe_key)
+                .bind(new.created_at)
+                .bind(new.delivered_at)
+                .bind(i64::from(new.delivered_at.is_some()))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (row, is_new) = match inserted {
+                    Some(row) => (row, true),
+                    None => {
+                        let row = sqlx::query(concat!(
+                            "SELECT ",
+                            columns!(),
+                            " FROM herald_notifications WHERE user_id = ? AND dedupe_key = ?"
+                        ))
+                        .bind(&new.user_id)
+                        .bind(&new.dedupe_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        (row, false)
+                    }
+                };
+                created.push(Created { notification: decode(&row)?, new: is_new });
+            }
+            tx.commit().await?;
+            Ok(created)
+        })
+    }
+
+    fn get<'a>(&'a self, user: &'a str, id: i64) -> BoxFuture<'a, Result<Notification, StoreError>> {
+        Box::pin(async move {
+            let row =
+                sqlx::query(concat!("SELECT ", columns!(), " FROM herald_notifications WHERE user_id = ? AND id = ?"))
+                    .bind(user)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+            Ok(decode(&row)?)
+        })
+    }
+
+    fn list<'a>(&'a self, user: &'a str, query: ListQuery) -> BoxFuture<'a, Result<Page, StoreError>> {
+        Box::pin(async move {
+            let limit = page_limit(query.limit);
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM herald_notifications WHERE user_id = ? AND id < ? AND (? = 0 OR read_at IS NULL) ",
+                "ORDER BY id DESC LIMIT ?"
+            ))
+            .bind(user)
+            .bind(query.before.unwrap_or(i64::MAX))
+            .bind(i64::from(query.unread_only))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+            let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            Ok(into_page(items, limit))
+        })
+    }
+
+    fn unread_counts<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
+        Box::pin(async move {
+            let names = serde_json::to_string(users).map_err(|error| StoreError::Backend(Box::new(error)))?;
+            let rows = sqlx::query(concat!(
+                "SELECT user_id, count(*) FROM herald_notifications WHERE read_at IS NULL ",
+                "AND user_id IN (SELECT value FROM json_each(?)) GROUP BY user_id"
+            ))
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut found: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+            for row in rows {
+                found.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+            Ok(users.iter().map(|user| (user.clone(), found.get(user).copied().unwrap_or(0) as u64)).collect())
+        })
+    }
+
+    fn mark_read<'a>(&'a self, user: &'a str, which: Selection, at: i64) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.apply(
+            user,
+            which,
+            vec![at, at],
+            "UPDATE herald_notifications SET read_at = ?, seen_at = COALESCE(seen_at, ?) WHERE user_id = ? AND read_at IS NULL",
+            concat!(
+                "UPDATE herald_notifications SET read_at = ?, seen_at = COALESCE(seen_at, ?) ",
+                "WHERE user_id = ? AND read_at IS NULL AND id IN (SELECT value FROM json_each(?))"
+            ),
+        ))
+    }
+
+    fn mark_seen<'a>(&'a self, user: &'a str, which: Selection, at: i64) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.apply(
+            user,
+            which,
+            vec![at],
+            "UPDATE herald_notifications SET seen_at = ? WHERE user_id = ? AND seen_at IS NULL",
+            concat!(
+                "UPDATE herald_notifications SET seen_at = ? ",
+                "WHERE user_id = ? AND seen_at IS NULL AND id IN (SELECT value FROM json_each(?))"
+            ),
+        ))
+    }
+
+    fn delete<'a>(&'a self, user: &'a str, which: Selection) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(self.apply(
+            user,
+            which,
+            Vec::new(),
+            "DELETE FROM herald_notifications WHERE user_id = ?",
+            "DELETE FROM herald_notifications WHERE user_id = ? AND id IN (SELECT value FROM json_each(?))",
+        ))
+    }
+
+    fn pending<'a>(
+        &'a self,
+        user: &'a str,
+        which: Pending,
+        through: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Notification>, StoreError>> {
+        Box::pin(async move {
+            let (after, offline_only) = match which {
+                Pending::Offline => (0, 1),
+                Pending::After(after) => (after, 0),
+            };
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM herald_notifications WHERE user_id = ? AND read_at IS NULL AND id > ? AND id <= ? ",
+                "AND (? = 0 OR pushed_live = 0) ORDER BY id LIMIT ?"
+            ))
+            .bind(user)
+            .bind(after)
+            .bind(through)
+            .bind(offline_only)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn mark_delivered<'a>(&'a self, user: &'a str, ids: &'a [i64], at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(concat!(
+                "UPDATE herald_notifications SET delivered_at = ? ",
+                "WHERE user_id = ? AND delivered_at IS NULL AND id IN (SELECT value FROM json_each(?))"
+            ))
+            .bind(at)
+            .bind(user)
+            .bind(json_ids(ids))
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn device_cursor<'a>(&'a self, user: &'a str, device: &'a str) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "SELECT delivered_through FROM herald_inbox_devices WHERE user_id = ? AND device = ?",
+            )
+            .bind(user)
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?)
+        })
+    }
+
+    fn advance_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: &'a str,
+        through: i64,
+        at: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            sqlx::query(concat!(
+                "INSERT INTO herald_inbox_devices (user_id, device, delivered_through, updated_at) VALUES (?, ?, ?, ?) ",
+                "ON CONFLICT (user_id, device) DO UPDATE SET ",
+                "delivered_through = max(delivered_through, excluded.delivered_through), updated_at = excluded.updated_at"
+            ))
+            .bind(user)
+            .bind(device)
+            .bind(through)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn max_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let max: Option<i64> =
+                sqlx::query_scalar("SELECT max(id) FROM herald_notifications").fetch_one(&self.pool).await?;
+            Ok(max.unwrap_or(0))
+        })
+    }
+
+    fn prune(&self, retention: Retention) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let batch = i64::from(retention.batch.max(1));
+            let mut users: Vec<String> = Vec::new();
+            if let Some(before) = retention.created_before {
+                let rows = sqlx::query(concat!(
+                    "DELETE FROM herald_notifications WHERE id IN ",
+                    "(SELECT id FROM herald_notifications WHERE created_at < ? ORDER BY id LIMIT ?) RETURNING user_id"
+                ))
+                .bind(before)
+                .bind(batch)
+                .fetch_all(&self.pool)
+                .await?;
+                for row in rows {
+                    users.push(row.try_get(0)?);
+                }
+            }
+            if let Some(keep) = retention.max_per_user {
+                let over: Vec<String> = sqlx::query_scalar(
+                    "SELECT user_id FROM herald_notifications GROUP BY user_id HAVING count(*) > ? LIMIT 100",
+                )
+                .bind(i64::from(keep))
+                .fetch_all(&self.pool)
+                .await?;
+                for user in over {
+                    sqlx::query(concat!(
+                        "DELETE FROM herald_notifications WHERE id IN (SELECT id FROM herald_notifications ",
+                        "WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?)"
+                    ))
+                    .bind(&user)
+                    .bind(batch)
+                    .bind(i64::from(keep))
+                    .execute(&self.pool)
+                    .await?;
+                    users.push(user);
+                }
+            }
+            users.sort();
+            users.dedup();
+            Ok(users)
+        })
+    }
+}
