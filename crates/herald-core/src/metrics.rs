@@ -37,6 +37,9 @@ pub const TOPICS_ACTIVE: &str = "herald_topics_active";
 pub const INBOX_CREATED: &str = "herald_inbox_notifications_created_total";
 /// Histogram: seconds one inbox write transaction (a batch of creations) took.
 pub const INBOX_WRITE_SECONDS: &str = "herald_inbox_write_seconds";
+/// Histogram: seconds the inbox writer spent pushing one committed batch (reading the
+/// unread counts, publishing the events).
+pub const INBOX_PUSH_SECONDS: &str = "herald_inbox_push_seconds";
 /// Counter: retention runs that deleted notifications.
 pub const INBOX_PRUNE_RUNS: &str = "herald_inbox_prune_runs_total";
 

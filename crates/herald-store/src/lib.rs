@@ -97,6 +97,26 @@ pub struct NewNotification {
     pub delivered_at: Option<i64>,
 }
 
+impl NewNotification {
+    /// The notification as stored under `id`, before anyone has seen or read it.
+    fn stored_as(self, id: i64) -> Notification {
+        Notification {
+            id,
+            user_id: self.user_id,
+            kind: self.kind,
+            payload: self.payload,
+            priority: self.priority,
+            sound: self.sound,
+            badge: self.badge,
+            dedupe_key: self.dedupe_key,
+            created_at: self.created_at,
+            delivered_at: self.delivered_at,
+            seen_at: None,
+            read_at: None,
+        }
+    }
+}
+
 /// A stored notification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {

@@ -143,7 +143,7 @@ impl Store for PostgresStore {
             let inserted: Vec<i64> = sqlx::query_scalar(concat!(
                 "INSERT INTO herald_notifications (id, user_id, type, payload, priority, sound, badge, dedupe_key, created_at, delivered_at, pushed_live) ",
                 "SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], ",
-                "$7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[]) ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING id"
+                "$7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[]) ON CONFLICT (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING id"
             ))
             .bind(&ids)
             .bind(batch.iter().map(|n| n.user_id.clone()).collect::<Vec<_>>())
@@ -162,21 +162,7 @@ impl Store for PostgresStore {
             let mut created = Vec::with_capacity(batch.len());
             for (new, id) in batch.into_iter().zip(ids) {
                 if inserted.contains(&id) {
-                    let notification = Notification {
-                        id,
-                        user_id: new.user_id,
-                        kind: new.kind,
-                        payload: new.payload,
-                        priority: new.priority,
-                        sound: new.sound,
-                        badge: new.badge,
-                        dedupe_key: new.dedupe_key,
-                        created_at: new.created_at,
-                        delivered_at: new.delivered_at,
-                        seen_at: None,
-                        read_at: None,
-                    };
-                    created.push(Created { notification, new: true });
+                    created.push(Created { notification: new.stored_as(id), new: true });
                 } else {
                     let row = sqlx::query(concat!(
                         "SELECT ",
@@ -233,9 +219,11 @@ impl Store for PostgresStore {
 
     fn unread_counts<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
         Box::pin(async move {
+            // One index lookup per user (the partial unread index); a GROUP BY over
+            // `user_id = ANY($1)` lets the planner scan the whole table instead.
             let rows = sqlx::query(concat!(
-                "SELECT user_id, count(*) FROM herald_notifications ",
-                "WHERE user_id = ANY($1) AND read_at IS NULL GROUP BY user_id"
+                "SELECT u, (SELECT count(*) FROM herald_notifications WHERE user_id = u AND read_at IS NULL) ",
+                "FROM unnest($1::text[]) AS u"
             ))
             .bind(users)
             .fetch_all(&self.pool)

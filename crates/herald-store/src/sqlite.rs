@@ -157,42 +157,61 @@ impl Store for SqliteStore {
 
     fn create(&self, batch: Vec<NewNotification>) -> BoxFuture<'_, Result<Vec<Created>, StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            // The whole batch is one statement over a JSON array: with sqlx's SQLite driver
+            // every statement is a round trip to the connection's thread, so one per row
+            // would cost a context switch per notification. Ids are given explicitly, above
+            // every id ever used (AUTOINCREMENT's sequence), so each input keeps its own;
+            // `BEGIN IMMEDIATE` holds the write lock from that read to the commit.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let base: i64 = sqlx::query_scalar(concat!(
+                "SELECT max(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'herald_notifications'), 0), ",
+                "COALESCE((SELECT max(id) FROM herald_notifications), 0))"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
+            let rows: Vec<serde_json::Value> = batch
+                .iter()
+                .zip(base + 1..)
+                .map(|(new, id)| {
+                    serde_json::json!({
+                        "id": id, "u": new.user_id, "k": new.kind, "p": new.payload, "r": new.priority.as_str(),
+                        "s": new.sound, "b": new.badge, "d": new.dedupe_key, "c": new.created_at,
+                        "v": new.delivered_at, "l": i64::from(new.delivered_at.is_some()),
+                    })
+                })
+                .collect();
+            let rows = serde_json::to_string(&rows).map_err(|error| StoreError::Backend(Box::new(error)))?;
+            let inserted: Vec<i64> = sqlx::query_scalar(concat!(
+                "INSERT INTO herald_notifications (id, user_id, type, payload, priority, sound, badge, dedupe_key, ",
+                "created_at, delivered_at, pushed_live) SELECT json_extract(value, '$.id'), json_extract(value, '$.u'), ",
+                "json_extract(value, '$.k'), json_extract(value, '$.p'), json_extract(value, '$.r'), ",
+                "json_extract(value, '$.s'), json_extract(value, '$.b'), json_extract(value, '$.d'), ",
+                "json_extract(value, '$.c'), json_extract(value, '$.v'), json_extract(value, '$.l') ",
+                "FROM json_each(?) WHERE true ON CONFLICT (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING id"
+            ))
+            .bind(rows)
+            .fetch_all(&mut *tx)
+            .await?;
+            let inserted: std::collections::HashSet<i64> = inserted.into_iter().collect();
             let mut created = Vec::with_capacity(batch.len());
-            for new in batch {
-                let inserted = sqlx::query(concat!(
-                    "INSERT INTO herald_notifications (user_id, type, payload, priority, sound, badge, dedupe_key, created_at, delivered_at, pushed_live) ",
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING ",
-                    columns!()
-                ))
-                .bind(&new.user_id)
-                .bind(&new.kind)
-                .bind(&new.payload)
-                .bind(new.priority.as_str())
-                .bind(&new.sound)
-                .bind(new.badge)
-                .bind(&new.dedupe_key)
-                .bind(new.created_at)
-                .bind(new.delivered_at)
-                .bind(i64::from(new.delivered_at.is_some()))
-                .fetch_optional(&mut *tx)
-                .await?;
-                let (row, is_new) = match inserted {
-                    Some(row) => (row, true),
-                    None => {
-                        let row = sqlx::query(concat!(
-                            "SELECT ",
-                            columns!(),
-                            " FROM herald_notifications WHERE user_id = ? AND dedupe_key = ?"
-                        ))
-                        .bind(&new.user_id)
-                        .bind(&new.dedupe_key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        (row, false)
-                    }
-                };
-                created.push(Created { notification: decode(&row)?, new: is_new });
+            for (new, id) in batch.into_iter().zip(base + 1..) {
+                if inserted.contains(&id) {
+                    created.push(Created { notification: new.stored_as(id), new: true });
+                } else {
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        columns!(),
+                        " FROM herald_notifications WHERE user_id = ? AND dedupe_key = ?"
+                    ))
+                    .bind(&new.user_id)
+                    .bind(&new.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    created.push(Created { notification: decode(&row)?, new: false });
+                }
             }
             tx.commit().await?;
             Ok(created)

@@ -459,7 +459,9 @@ impl Writer {
             }
         };
         metrics::counter!(m::INBOX_CREATED).increment(created.iter().filter(|c| c.new).count() as u64);
+        let pushing = std::time::Instant::now();
         self.push_new(&created).await;
+        metrics::histogram!(m::INBOX_PUSH_SECONDS).record(pushing.elapsed().as_secs_f64());
         let mut rest = created.into_iter();
         for (reply, size) in replies.into_iter().zip(sizes) {
             let part: Vec<Created> = rest.by_ref().take(size).collect();

@@ -18,7 +18,9 @@ CREATE TABLE herald_notifications (
 CREATE INDEX herald_notifications_user ON herald_notifications (user_id, id);
 CREATE INDEX herald_notifications_unread ON herald_notifications (user_id, id) WHERE read_at IS NULL;
 CREATE INDEX herald_notifications_created ON herald_notifications (created_at);
-CREATE UNIQUE INDEX herald_notifications_dedupe ON herald_notifications (user_id, dedupe_key);
+-- Only keyed notifications are indexed: most have no key, and every index entry costs a
+-- page write at commit.
+CREATE UNIQUE INDEX herald_notifications_dedupe ON herald_notifications (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL;
 
 -- How far each device of a user has been given its notifications.
 CREATE TABLE herald_inbox_devices (

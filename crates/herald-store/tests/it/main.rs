@@ -239,6 +239,11 @@ mod cases {
         assert_eq!(store.delete("alice", Selection::All).await.expect("deleted"), 2);
         let counts = store.unread_counts(&["alice".into(), "bob".into()]).await.expect("counted");
         assert_eq!(counts, vec![("alice".into(), 0), ("bob".into(), 1)]);
+        let bob = store.list("bob", ListQuery { before: None, limit: 1, unread_only: false }).await.expect("listed");
+        store.delete("bob", Selection::All).await.expect("deleted");
+        let newest_ever = bob.items[0].id.max(ids[2]);
+        let again = ids_of(store, "alice", 1).await;
+        assert!(again[0] > newest_ever, "ids are never reused, even after the newest were deleted");
     }
 
     pub async fn pending_follows_delivery_and_device_positions(store: &dyn Store) {
