@@ -312,3 +312,19 @@ where
         read_at: row.try_get(11)?,
     })
 }
+
+/// `(user_id, count)` rows as one count per user named, in the order named (0 for users
+/// without a row), from either backend.
+fn counts_in_order<R>(users: &[String], rows: &[R]) -> Result<Vec<(String, u64)>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        found.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+    }
+    Ok(users.iter().map(|user| (user.clone(), found.get(user).copied().unwrap_or(0) as u64)).collect())
+}

@@ -4,16 +4,15 @@
 //! the table's sequence first, so that each input keeps its id whatever order the
 //! database inserts rows in. Sets of ids travel as one `bigint[]` (`= ANY($n)`).
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Row, SqlSafeStr};
+use sqlx::{Connection, SqlSafeStr};
 
 use crate::{
     BoxFuture, Created, ListQuery, NewNotification, Notification, Page, Pending, Retention, Selection, Store,
-    StoreError, columns, decode, distinct, into_page, page_limit,
+    StoreError, columns, counts_in_order, decode, distinct, into_page, page_limit,
 };
 
 const POOL_SIZE: u32 = 8;
@@ -228,11 +227,7 @@ impl Store for PostgresStore {
             .bind(users)
             .fetch_all(&self.pool)
             .await?;
-            let mut found: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-            for row in rows {
-                found.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-            Ok(users.iter().map(|user| (user.clone(), found.get(user).copied().unwrap_or(0) as u64)).collect())
+            Ok(counts_in_order(users, &rows)?)
         })
     }
 

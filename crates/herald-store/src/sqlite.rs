@@ -5,7 +5,6 @@
 //! `synchronous = FULL` by passing `durable_on_power_loss`). Sets of ids travel as one
 //! JSON array read with `json_each`, so every statement is static.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use sqlx::{Row, SqlSafeStr};
 
 use crate::{
     BoxFuture, Created, ListQuery, NewNotification, Notification, Page, Pending, Retention, Selection, Store,
-    StoreError, columns, decode, distinct, into_page, page_limit,
+    StoreError, columns, counts_in_order, decode, distinct, into_page, page_limit,
 };
 
 /// Readers beside the one writer; SQLite serialises writes itself.
@@ -261,11 +260,7 @@ impl Store for SqliteStore {
             .bind(names)
             .fetch_all(&self.pool)
             .await?;
-            let mut found: HashMap<String, i64> = HashMap::with_capacity(rows.len());
-            for row in rows {
-                found.insert(row.try_get(0)?, row.try_get(1)?);
-            }
-            Ok(users.iter().map(|user| (user.clone(), found.get(user).copied().unwrap_or(0) as u64)).collect())
+            Ok(counts_in_order(users, &rows)?)
         })
     }
 
