@@ -16,6 +16,7 @@
 pub mod api;
 mod json;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,7 +138,14 @@ struct Writer {
     hub: Hub,
     broker: Arc<dyn Broker>,
     commands: mpsc::Receiver<Command>,
+    /// Unread counts of recently changed users. Exact because the writer makes every
+    /// change (invariant 8): a creation adds its new notifications, any other change reads
+    /// the count afresh. Cleared when it holds [`MAX_CACHED_COUNTS`] users.
+    counts: HashMap<String, u64>,
 }
+
+/// Users whose unread count the writer keeps in memory.
+const MAX_CACHED_COUNTS: usize = 100_000;
 
 impl Inbox {
     /// Starts the inbox over `store`; the writer and the pruner run until `shutdown`.
@@ -152,7 +160,7 @@ impl Inbox {
         let published = store.max_id().await?;
         let (commands, receiver) = mpsc::channel(QUEUE);
         let inbox = Arc::new(Self { store, commands, published: Mutex::new(published), settings });
-        let writer = Writer { inbox: inbox.clone(), hub, broker, commands: receiver };
+        let writer = Writer { inbox: inbox.clone(), hub, broker, commands: receiver, counts: HashMap::new() };
         tasks.spawn(writer.run(shutdown.clone()));
         tasks.spawn(prune_loop(Arc::downgrade(&inbox), shutdown));
         Ok(inbox)
@@ -428,7 +436,7 @@ impl Writer {
         }
     }
 
-    async fn create(&self, requests: Vec<(Vec<NewNotification>, Reply<Vec<Created>>)>) {
+    async fn create(&mut self, requests: Vec<(Vec<NewNotification>, Reply<Vec<Created>>)>) {
         let sizes: Vec<usize> = requests.iter().map(|(batch, _)| batch.len()).collect();
         let mut replies = Vec::with_capacity(requests.len());
         let mut all = Vec::with_capacity(sizes.iter().sum());
@@ -472,18 +480,36 @@ impl Writer {
     }
 
     /// Pushes each new notification to its user, then each user's count.
-    async fn push_new(&self, created: &[Created]) {
-        let mut users: Vec<String> = Vec::new();
+    async fn push_new(&mut self, created: &[Created]) {
+        let mut added: Vec<(String, u64)> = Vec::new();
         for created in created.iter().filter(|c| c.new) {
             let notification = &created.notification;
             let Ok(user) = UserId::parse(&notification.user_id) else { continue };
             let publication = Publication::new(vec![Topic::user(&user)], new_event(notification));
             self.publish_at(publication, notification.id).await;
-            if !users.contains(&notification.user_id) {
-                users.push(notification.user_id.clone());
+            match added.iter_mut().find(|(name, _)| name == &notification.user_id) {
+                Some((_, count)) => *count += 1,
+                None => added.push((notification.user_id.clone(), 1)),
             }
         }
-        self.push_counts(&users).await;
+        // Known counts grow by what was added; unknown ones are read (after the commit, so
+        // they include it).
+        if self.counts.len() + added.len() > MAX_CACHED_COUNTS {
+            self.counts.clear();
+        }
+        let unknown: Vec<String> =
+            added.iter().filter(|(user, _)| !self.counts.contains_key(user)).map(|(user, _)| user.clone()).collect();
+        for (user, count) in &added {
+            if let Some(known) = self.counts.get_mut(user) {
+                *known += count;
+            }
+        }
+        if !unknown.is_empty() && !self.read_counts(&unknown).await {
+            return;
+        }
+        let counts: Vec<(String, u64)> =
+            added.iter().filter_map(|(user, _)| self.counts.get(user).map(|count| (user.clone(), *count))).collect();
+        self.publish_counts(counts).await;
     }
 
     /// Publishes with the inbox's push mark held, so registering sessions see it either
@@ -501,17 +527,34 @@ impl Writer {
         }
     }
 
-    async fn push_counts(&self, users: &[String]) {
-        if users.is_empty() {
-            return;
-        }
-        let counts = match self.inbox.store.unread_counts(users).await {
-            Ok(counts) => counts,
+    /// Reads the users' counts from the store into the cache; false if the store failed.
+    async fn read_counts(&mut self, users: &[String]) -> bool {
+        match self.inbox.store.unread_counts(users).await {
+            Ok(counts) => {
+                self.counts.extend(counts);
+                true
+            }
             Err(error) => {
                 tracing::warn!(%error, "reading unread counts failed");
-                return;
+                false
             }
-        };
+        }
+    }
+
+    /// Reads the users' counts afresh and pushes them.
+    async fn push_counts(&mut self, users: &[String]) {
+        if self.counts.len() + users.len() > MAX_CACHED_COUNTS {
+            self.counts.clear();
+        }
+        if users.is_empty() || !self.read_counts(users).await {
+            return;
+        }
+        let counts: Vec<(String, u64)> =
+            users.iter().filter_map(|user| self.counts.get(user).map(|count| (user.clone(), *count))).collect();
+        self.publish_counts(counts).await;
+    }
+
+    async fn publish_counts(&self, counts: Vec<(String, u64)>) {
         for (user, count) in counts {
             let Ok(user) = UserId::parse(&user) else { continue };
             let publication = Publication::new(vec![Topic::user(&user)], count_event(count));
@@ -521,7 +564,7 @@ impl Writer {
         }
     }
 
-    async fn change(&self, user: &UserId, change: Change) -> Result<Changed, StoreError> {
+    async fn change(&mut self, user: &UserId, change: Change) -> Result<Changed, StoreError> {
         let store = self.inbox.store.as_ref();
         let at = now_ms();
         let changed = match change {
@@ -530,15 +573,17 @@ impl Writer {
             Change::Delete(which) => store.delete(user.as_str(), which).await?,
         };
         let users = [user.as_str().to_owned()];
+        // Whatever happens next, a cached count of this user may be stale now.
+        self.counts.remove(user.as_str());
         let unread = store.unread_counts(&users).await?.first().map(|(_, count)| *count).unwrap_or(0);
-        let publication = Publication::new(vec![Topic::user(user)], count_event(unread));
-        if let Err(error) = self.broker.publish(publication).await {
-            tracing::warn!(%error, "unread count push refused by the broker");
+        if self.counts.len() < MAX_CACHED_COUNTS {
+            self.counts.insert(user.as_str().to_owned(), unread);
         }
+        self.publish_counts(vec![(user.as_str().to_owned(), unread)]).await;
         Ok(Changed { changed, unread })
     }
 
-    async fn prune(&self) {
+    async fn prune(&mut self) {
         let settings = &self.inbox.settings;
         let retention = Retention {
             created_before: settings.max_age.map(|age| now_ms() - age.as_millis() as i64),
