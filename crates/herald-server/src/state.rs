@@ -103,6 +103,11 @@ impl AppState {
 
     /// [`AppState::catch_up`] by session id.
     pub fn catch_up_session(&self, id: SessionId, principal: Principal, through: i64, after: Option<i64>) {
+        if through <= after.unwrap_or(0) {
+            // Nothing was ever pushed up to the mark (or past `Last-Event-ID`): nothing to
+            // look up, so connections cost the store nothing until the inbox is used.
+            return;
+        }
         let state = self.clone();
         // Catch-up must fit the session's queue beside live events.
         let limit = (self.settings.session_queue.min(self.settings.socketio_buffer) / 2).max(1) as u32;
