@@ -284,6 +284,9 @@ async fn socket_commands_mark_clear_and_fetch_pending_with_acks_and_counts_reach
     sio.event("connected").await;
     let body = created(gateway, json!({"userIds": ["carol", "carol", "carol"], "type": "reply"})).await;
     let ids: Vec<Value> = body["notifications"].as_array().unwrap().iter().map(|n| n["id"].clone()).collect();
+    for id in &ids {
+        assert_eq!(&sio.event("notification:new").await[0]["id"], id, "canonical name on namespace /");
+    }
 
     let read = sio.emit_with_ack("notification:read", json!({"ids": [ids[0]]})).await;
     assert_eq!(read, json!({"success": true, "changed": 1, "unreadCount": 2}));
