@@ -53,6 +53,19 @@ def aggregate(group):
     good = [run for run in group if "error" not in run]
     if not good:
         return group[0]
+    if good[0]["scenario"] == "connect" and len(good) > 1:
+        # Each round is a fresh process: medians of the figures, every failure counted.
+        row = dict(good[0])
+        row["connect"] = {key: median([run["connect"][key] for run in good]) for key in good[0]["connect"]}
+        row["failed"] = sum(run["failed"] for run in good)
+        for key in ("marginal_bytes_per_connection", "rss_held_bytes"):
+            values = [run[key] for run in good if run.get(key) is not None]
+            row[key] = median(values) if values else None
+        row["p99_spread"] = (min(run["connect"]["p99_ms"] for run in good), max(run["connect"]["p99_ms"] for run in good))
+        row["rounds"] = len(group)
+        row["cpu_spread"] = None
+        row["failed_rounds"] = len(group) - len(good)
+        return row
     if good[0]["scenario"] == "connect" or len(good) == 1:
         row = dict(good[0])
         row["rounds"] = len(group)
@@ -119,6 +132,10 @@ if connect_runs:
     out("")
     out(f"Arguments: `{connect_runs[0].get('args', '')}`")
     out("")
+    connect_rounds = max(run.get("rounds", 1) for run in connect_runs)
+    if connect_rounds > 1:
+        out(f"Medians over {connect_rounds} rounds, each on a fresh server process; connected is per round, failed sums the rounds; the p99 column shows the median and, in brackets, the range.")
+        out("")
     out("| target | connected | failed | connect p50 ms | p99 ms | max ms | RSS held MiB | marginal KiB/conn |")
     out("|---|---|---|---|---|---|---|---|")
     for run in connect_runs:
@@ -128,7 +145,9 @@ if connect_runs:
             continue
         c = run["connect"]
         held = run.get("rss_held_bytes")
-        out(f"| {run['label']} | {run['connected']} | {run['failed']} {run['failures'] or ''} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_ms']:.1f} | {'n/a' if held is None else f'{held / 2**20:.1f}'} | {kib(run.get('marginal_bytes_per_connection'))} |")
+        spread = run.get("p99_spread")
+        p99_text = f"{c['p99_ms']:.2f}" + (f" [{spread[0]:.1f}–{spread[1]:.1f}]" if spread else "")
+        out(f"| {run['label']} | {run['connected']} | {run['failed']} {run['failures'] or ''} | {c['p50_ms']:.2f} | {p99_text} | {c['max_ms']:.1f} | {'n/a' if held is None else f'{held / 2**20:.1f}'} | {kib(run.get('marginal_bytes_per_connection'))} |")
         if run["failed"]:
             problems.append(f"{run['label']} connect: {run['failed']} failed")
     out("")
