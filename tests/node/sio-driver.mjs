@@ -1,5 +1,7 @@
 // Drives the official socket.io-client for Herald's Rust tests.
 // Input (stdin, JSON lines): {"emit": name, "data": any, "ack": bool, "id": n} | {"close": true}
+//   | {"drop": true} (the transport closes under the socket, as a network failure would)
+//   | {"connect": true} (connect again; the client offers its pid and last offset itself)
 // Output (stdout, JSON lines): connect, connect_error, disconnect, upgrade, event, ack records.
 import { io } from "socket.io-client";
 import readline from "node:readline";
@@ -13,7 +15,9 @@ socket.io.on("open", () => {
   out({ kind: "open", transport: socket.io.engine.transport.name });
   socket.io.engine.on("upgrade", (transport) => out({ kind: "upgrade", transport: transport.name }));
 });
-socket.on("connect", () => out({ kind: "connect", id: socket.id, transport: socket.io.engine.transport.name }));
+socket.on("connect", () =>
+  out({ kind: "connect", id: socket.id, transport: socket.io.engine.transport.name, recovered: socket.recovered }),
+);
 socket.on("connect_error", (error) => out({ kind: "connect_error", message: error.message }));
 socket.on("disconnect", (reason) => out({ kind: "disconnect", reason }));
 socket.onAny((event, ...args) => out({ kind: "event", event, args }));
@@ -30,6 +34,8 @@ lines.on("line", (line) => {
     }
   }
   if (command.close) socket.close();
+  if (command.drop) socket.io.engine.close();
+  if (command.connect) socket.connect();
 });
 lines.on("close", () => {
   socket.close();

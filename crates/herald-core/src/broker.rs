@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::event::{Delivery, Event};
+use crate::history::{HistoryConfig, MemoryHistory, Position, Recovery};
 use crate::hub::Hub;
 use crate::topic::Topic;
 
@@ -40,9 +41,25 @@ pub struct BrokerError(pub Box<dyn std::error::Error + Send + Sync>);
 /// Carries publications to every node. Implemented by `MemoryBroker` here and by
 /// backends in their own crates.
 pub trait Broker: Send + Sync + 'static {
-    /// Resolves once the publication is handed over (for the memory broker: delivered to
-    /// local sessions). An error means it was not, and the producer is told so.
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Resolves once the publication is handed over, with the position it was given. An
+    /// error means it was not, and the producer is told so.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Position, BrokerError>>;
+
+    /// What a client at `since` missed on `topics`, at most `limit` events (more is
+    /// reported as not recovered).
+    fn recover<'a>(
+        &'a self,
+        topics: &'a [Topic],
+        since: &'a Position,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>>;
+
+    /// Resolves once events published to `topics` from now on reach this node's hub
+    /// (for Redis: the subscriptions are confirmed). Call after subscribing a session,
+    /// before reading history, so nothing falls between the two.
+    fn subscribed<'a>(&'a self, _topics: &'a [Topic]) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Whether the broker can currently carry publications (for `/ready`).
     fn is_ready(&self) -> bool;
@@ -51,10 +68,11 @@ pub trait Broker: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-/// The single-node broker: a publication goes straight to the local hub.
-#[derive(Clone)]
+/// The single-node broker: a publication goes straight to the local hub, and history
+/// is kept in memory.
 pub struct MemoryBroker {
     hub: Hub,
+    history: MemoryHistory,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -65,15 +83,32 @@ impl fmt::Debug for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new(hub: Hub) -> Self {
-        Self { hub }
+        Self::with_history(hub, HistoryConfig::default())
+    }
+
+    pub fn with_history(hub: Hub, config: HistoryConfig) -> Self {
+        Self { hub, history: MemoryHistory::new(config) }
     }
 }
 
 impl Broker for MemoryBroker {
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let delivery = Arc::new(Delivery::accepted_at(publication.event, publication.accepted_at));
-        self.hub.dispatch(&publication.topics, delivery);
-        Box::pin(std::future::ready(Ok(())))
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<Position, BrokerError>> {
+        let Publication { topics, event, accepted_at } = publication;
+        let position = self.history.append(&topics, event, |event| {
+            let position = event.stream().cloned();
+            self.hub.dispatch(&topics, Arc::new(Delivery::accepted_at(event, accepted_at)));
+            position
+        });
+        Box::pin(std::future::ready(position.ok_or_else(|| BrokerError("no position given".into()))))
+    }
+
+    fn recover<'a>(
+        &'a self,
+        topics: &'a [Topic],
+        since: &'a Position,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Recovery, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.history.recover(topics, since, limit))))
     }
 
     fn is_ready(&self) -> bool {

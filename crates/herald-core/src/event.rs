@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
+use crate::history::Position;
+
 /// The longest event name accepted, in bytes.
 pub const MAX_EVENT_NAME_LEN: usize = 100;
 
@@ -66,6 +68,8 @@ pub struct Event {
     /// Where the event stands in a resumable stream (a notification's id), if anywhere;
     /// SSE sends it as `id:` so that a reconnecting client's `Last-Event-ID` names it.
     position: Option<u64>,
+    /// Where the event stands in the broker's stream (see `history`), once published.
+    stream: Option<Position>,
 }
 
 impl Event {
@@ -80,14 +84,14 @@ impl Event {
         } else {
             data
         };
-        Ok(Self { name: Arc::from(name), data: Arc::from(data), position: None })
+        Ok(Self { name: Arc::from(name), data: Arc::from(data), position: None, stream: None })
     }
 
     /// An event Herald itself emits under a constant name it knows to be valid, with
     /// payload text it built (single-line JSON); skips the checks of [`Event::new`].
     pub fn internal(name: &'static str, data: Box<RawValue>) -> Self {
         debug_assert!(validate_event_name(name).is_ok(), "invalid internal event name {name:?}");
-        Self { name: Arc::from(name), data: Arc::from(data), position: None }
+        Self { name: Arc::from(name), data: Arc::from(data), position: None, stream: None }
     }
 
     /// Builds an event from a serialisable value; for events Herald itself emits.
@@ -108,6 +112,17 @@ impl Event {
 
     pub fn position(&self) -> Option<u64> {
         self.position
+    }
+
+    /// The event with its broker stream position.
+    pub fn at_stream(mut self, position: Position) -> Self {
+        self.stream = Some(position);
+        self
+    }
+
+    /// The event's broker stream position, once published (see `history`).
+    pub fn stream(&self) -> Option<&Position> {
+        self.stream.as_ref()
     }
 
     /// The payload, exactly as it will appear on the wire.

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{AccessDenied, check_subscribe};
 use crate::error::{CloseReason, ErrorCode};
 use crate::event::Delivery;
+use crate::history::Position;
 use crate::metrics as m;
 use crate::principal::{Principal, UserId};
 use crate::topic::Topic;
@@ -68,12 +69,24 @@ pub trait Outlet: Send + Sync + 'static {
 pub struct HubLimits {
     /// Most topics one session may be subscribed to at once.
     pub max_topics_per_session: usize,
+    /// Most live deliveries held for a session while it recovers history; more closes
+    /// it as a slow consumer.
+    pub max_held: usize,
 }
 
 impl Default for HubLimits {
     fn default() -> Self {
-        Self { max_topics_per_session: 1_000 }
+        Self { max_topics_per_session: 1_000, max_held: 1_024 }
     }
+}
+
+/// Told when this node's interest changes: a topic gains its first local subscriber or
+/// loses its last, a user's local connection count changes. The Redis broker subscribes
+/// and records presence from these. Called with hub locks held: must not block and must
+/// not call into the hub.
+pub trait Interest: Send + Sync + 'static {
+    fn topic(&self, topic: &Topic, subscribed: bool);
+    fn user(&self, _user: &UserId, _connections: usize) {}
 }
 
 /// A refused subscription.
@@ -99,7 +112,7 @@ impl SubscribeError {
 
 /// What the hub knows of one session.
 struct SessionEntry {
-    outlet: Arc<dyn Outlet>,
+    outlet: Arc<Gate>,
     principal: Arc<Principal>,
     transport: &'static str,
     topics: HashSet<Topic>,
@@ -131,6 +144,81 @@ pub struct HubStats {
 /// The local sessions subscribed to one topic, with the outlet to reach each.
 type Subscribers = HashMap<SessionId, Arc<dyn Outlet>>;
 
+/// Every session's outlet, wrapped so that its live deliveries can be held back while
+/// it recovers history ([`SessionGuard::hold`]): missed events reach the client before
+/// new ones. Not holding costs one atomic load per delivery.
+struct Gate {
+    inner: Arc<dyn Outlet>,
+    holding: AtomicBool,
+    held: Mutex<Option<Box<Held>>>,
+    max_held: usize,
+}
+
+#[derive(Default)]
+struct Held {
+    holds: usize,
+    deliveries: Vec<Arc<Delivery>>,
+    /// Positions of history events given during the hold: held live copies are dropped.
+    given: HashSet<Position>,
+}
+
+impl Outlet for Gate {
+    fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
+        if !self.holding.load(Ordering::Acquire) {
+            return self.inner.offer(delivery);
+        }
+        let mut held = self.held.lock();
+        match held.as_mut() {
+            Some(held) if held.deliveries.len() >= self.max_held => Err(OfferError::Full),
+            Some(held) => {
+                held.deliveries.push(delivery.clone());
+                Ok(())
+            }
+            None => self.inner.offer(delivery),
+        }
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.inner.close(reason);
+    }
+}
+
+impl Gate {
+    fn hold(&self) {
+        let mut held = self.held.lock();
+        held.get_or_insert_with(Default::default).holds += 1;
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Gives `history` to the client, then, when this was the last hold, what was held
+    /// meanwhile (less what `history` already gave).
+    fn release(&self, history: &[Arc<Delivery>]) -> Result<(), OfferError> {
+        let mut guard = self.held.lock();
+        let Some(held) = guard.as_mut() else { return Ok(()) };
+        let mut result = Ok(());
+        for delivery in history {
+            if let Some(position) = delivery.event().stream() {
+                held.given.insert(position.clone());
+            }
+            if result.is_ok() {
+                result = self.inner.offer(delivery);
+            }
+        }
+        held.holds -= 1;
+        if held.holds == 0 {
+            let held = guard.take().unwrap_or_default();
+            self.holding.store(false, Ordering::Release);
+            for delivery in &held.deliveries {
+                let duplicate = delivery.event().stream().is_some_and(|position| held.given.contains(position));
+                if !duplicate && result.is_ok() {
+                    result = self.inner.offer(delivery);
+                }
+            }
+        }
+        result
+    }
+}
+
 struct Inner {
     limits: HubLimits,
     sessions: RwLock<HashMap<SessionId, SessionEntry>>,
@@ -142,6 +230,7 @@ struct Inner {
     per_transport: Mutex<HashMap<&'static str, TransportCount>>,
     next_id: AtomicU64,
     started: tokio::time::Instant,
+    interest: std::sync::OnceLock<Arc<dyn Interest>>,
 }
 
 /// The registry of local sessions and subscriptions. Cheap to clone.
@@ -174,6 +263,7 @@ impl Hub {
                 per_transport: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 started: tokio::time::Instant::now(),
+                interest: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -182,35 +272,136 @@ impl Hub {
         self.inner.started.elapsed().as_millis() as u64
     }
 
+    /// Installs the listener told of interest changes (once; later calls are ignored).
+    /// Topics and users already present are reported to it first.
+    pub fn set_interest(&self, interest: Arc<dyn Interest>) {
+        let topics = self.inner.topics.read();
+        let users = self.inner.users.lock();
+        if self.inner.interest.set(interest.clone()).is_ok() {
+            for topic in topics.keys() {
+                interest.topic(topic, true);
+            }
+            for (user, count) in users.iter() {
+                interest.user(user, *count);
+            }
+        }
+    }
+
+    /// The topics with at least one local subscriber.
+    pub fn topics(&self) -> Vec<Topic> {
+        self.inner.topics.read().keys().cloned().collect()
+    }
+
+    fn add_subscriber(
+        &self,
+        topics: &mut HashMap<Topic, Subscribers>,
+        topic: Topic,
+        id: SessionId,
+        outlet: Arc<dyn Outlet>,
+    ) {
+        match topics.entry(topic) {
+            std::collections::hash_map::Entry::Occupied(mut entry) => {
+                entry.get_mut().insert(id, outlet);
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                if let Some(interest) = self.inner.interest.get() {
+                    interest.topic(entry.key(), true);
+                }
+                entry.insert(HashMap::from([(id, outlet)]));
+            }
+        }
+    }
+
+    fn remove_subscriber(&self, topics: &mut HashMap<Topic, Subscribers>, topic: &Topic, id: SessionId) {
+        if let Some(subscribers) = topics.get_mut(topic) {
+            subscribers.remove(&id);
+            if subscribers.is_empty() {
+                topics.remove(topic);
+                if let Some(interest) = self.inner.interest.get() {
+                    interest.topic(topic, false);
+                }
+            }
+        }
+    }
+
+    fn count_user(&self, user: &UserId, opened: bool) {
+        let mut users = self.inner.users.lock();
+        let count = if opened {
+            let count = users.entry(user.clone()).or_default();
+            *count += 1;
+            *count
+        } else {
+            let Some(count) = users.get_mut(user) else { return };
+            *count -= 1;
+            let count = *count;
+            if count == 0 {
+                users.remove(user);
+            }
+            count
+        };
+        if let Some(interest) = self.inner.interest.get() {
+            interest.user(user, count);
+        }
+    }
+
     /// Registers a session and subscribes it to its own `user:{id}` topic and `global`.
     /// The session lives until the returned guard is dropped or the hub closes it.
     pub fn register(&self, principal: Principal, transport: &'static str, outlet: Arc<dyn Outlet>) -> SessionGuard {
+        self.register_inner(principal, transport, outlet, false)
+    }
+
+    /// Like [`Hub::register`], with the session's live deliveries held from the start
+    /// until the returned hold is released (a client recovering what it missed).
+    pub fn register_held(
+        &self,
+        principal: Principal,
+        transport: &'static str,
+        outlet: Arc<dyn Outlet>,
+    ) -> (SessionGuard, Hold) {
+        let session = self.register_inner(principal, transport, outlet, true);
+        let hold = Hold { hub: self.clone(), id: session.id, gate: Some(session.gate.clone()) };
+        (session, hold)
+    }
+
+    fn register_inner(
+        &self,
+        principal: Principal,
+        transport: &'static str,
+        outlet: Arc<dyn Outlet>,
+        held: bool,
+    ) -> SessionGuard {
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let principal = Arc::new(principal);
         let shared = Arc::new(SessionShared { last_activity_ms: AtomicU64::new(self.now_ms()) });
         let own_topics = [Topic::user(&principal.user_id), Topic::global()];
+        let gate = Arc::new(Gate {
+            inner: outlet,
+            holding: AtomicBool::new(held),
+            held: Mutex::new(held.then(|| Box::new(Held { holds: 1, ..Held::default() }))),
+            max_held: self.inner.limits.max_held,
+        });
         {
             let mut topics = self.inner.topics.write();
             for topic in &own_topics {
-                topics.entry(topic.clone()).or_default().insert(id, outlet.clone());
+                self.add_subscriber(&mut topics, topic.clone(), id, gate.clone());
             }
         }
         if let Some(expires_at) = principal.expires_at {
             self.inner.expiries.lock().insert((expires_at, id));
         }
-        *self.inner.users.lock().entry(principal.user_id.clone()).or_default() += 1;
+        self.count_user(&principal.user_id, true);
         self.count_transport(transport, true);
         self.inner.sessions.write().insert(
             id,
             SessionEntry {
-                outlet,
+                outlet: gate.clone(),
                 principal: principal.clone(),
                 transport,
                 topics: own_topics.into_iter().collect(),
                 shared: shared.clone(),
             },
         );
-        SessionGuard { hub: self.clone(), id, principal, shared }
+        SessionGuard { hub: self.clone(), id, principal, shared, gate }
     }
 
     fn count_transport(&self, transport: &'static str, opened: bool) {
@@ -233,26 +424,13 @@ impl Hub {
         {
             let mut topics = self.inner.topics.write();
             for topic in &entry.topics {
-                if let Some(subscribers) = topics.get_mut(topic) {
-                    subscribers.remove(&id);
-                    if subscribers.is_empty() {
-                        topics.remove(topic);
-                    }
-                }
+                self.remove_subscriber(&mut topics, topic, id);
             }
         }
         if let Some(expires_at) = entry.principal.expires_at {
             self.inner.expiries.lock().remove(&(expires_at, id));
         }
-        {
-            let mut users = self.inner.users.lock();
-            if let Some(count) = users.get_mut(&entry.principal.user_id) {
-                *count -= 1;
-                if *count == 0 {
-                    users.remove(&entry.principal.user_id);
-                }
-            }
-        }
+        self.count_user(&entry.principal.user_id, false);
         self.count_transport(entry.transport, false);
         Some(entry)
     }
@@ -288,7 +466,8 @@ impl Hub {
             return Err(SubscribeError::TooMany(self.inner.limits.max_topics_per_session));
         }
         entry.topics.insert(topic.clone());
-        self.inner.topics.write().entry(topic).or_default().insert(id, entry.outlet.clone());
+        let outlet: Arc<dyn Outlet> = entry.outlet.clone();
+        self.add_subscriber(&mut self.inner.topics.write(), topic, id, outlet);
         Ok(true)
     }
 
@@ -300,13 +479,7 @@ impl Hub {
         if !entry.topics.remove(topic) {
             return false;
         }
-        let mut topics = self.inner.topics.write();
-        if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.remove(&id);
-            if subscribers.is_empty() {
-                topics.remove(topic);
-            }
-        }
+        self.remove_subscriber(&mut self.inner.topics.write(), topic, id);
         true
     }
 
@@ -458,6 +631,7 @@ pub struct SessionGuard {
     id: SessionId,
     principal: Arc<Principal>,
     shared: Arc<SessionShared>,
+    gate: Arc<Gate>,
 }
 
 impl fmt::Debug for SessionGuard {
@@ -485,6 +659,14 @@ impl SessionGuard {
         self.hub.unsubscribe(self.id, topic)
     }
 
+    /// Holds the session's live deliveries back until the returned hold is released
+    /// with the history to give first. Holds nest; what was held goes out when the
+    /// last one is released.
+    pub fn hold(&self) -> Hold {
+        self.gate.hold();
+        Hold { hub: self.hub.clone(), id: self.id, gate: Some(self.gate.clone()) }
+    }
+
     /// Records client activity, for the idle timeout.
     pub fn touch(&self) {
         self.shared.last_activity_ms.store(self.hub.now_ms(), Ordering::Relaxed);
@@ -497,6 +679,49 @@ impl SessionGuard {
             sessions.get(&self.id).map(|e| e.topics.iter().cloned().collect()).unwrap_or_default();
         topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         topics
+    }
+}
+
+/// Live deliveries held back for one session (see [`SessionGuard::hold`]). Dropping it
+/// releases with no history.
+pub struct Hold {
+    hub: Hub,
+    id: SessionId,
+    gate: Option<Arc<Gate>>,
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold").field("session", &self.id).finish()
+    }
+}
+
+impl Hold {
+    /// Gives `history` to the client, then what was held (unless another hold is still
+    /// on). A queue that cannot take it all closes the session as a slow consumer.
+    pub fn release(mut self, history: &[Arc<Delivery>]) -> bool {
+        self.finish(history)
+    }
+
+    fn finish(&mut self, history: &[Arc<Delivery>]) -> bool {
+        let Some(gate) = self.gate.take() else { return true };
+        match gate.release(history) {
+            Ok(()) => true,
+            Err(OfferError::Full) => {
+                self.hub.close_session(self.id, CloseReason::SlowConsumer);
+                false
+            }
+            Err(OfferError::Closed) => {
+                self.hub.remove(self.id);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.finish(&[]);
     }
 }
 

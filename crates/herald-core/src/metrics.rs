@@ -43,6 +43,10 @@ pub const INBOX_PUSH_SECONDS: &str = "herald_inbox_push_seconds";
 /// Counter: retention runs that deleted notifications.
 pub const INBOX_PRUNE_RUNS: &str = "herald_inbox_prune_runs_total";
 
+/// Counter, label `recovered` (`true`/`false`): returning clients that asked for what
+/// they missed.
+pub const RECOVERIES: &str = "herald_recoveries_total";
+
 /// How many distinct event names get a label of their own; the rest share `other`,
 /// so a producer inventing names cannot blow up the metric cardinality.
 const MAX_EVENT_LABELS: usize = 64;

@@ -76,8 +76,11 @@ impl std::fmt::Debug for App {
 impl App {
     /// Builds the gateway on the memory broker and binds `settings.listen`.
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
-        let hub = Hub::new(HubLimits { max_topics_per_session: settings.max_topics_per_session });
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        let hub = Hub::new(HubLimits {
+            max_topics_per_session: settings.max_topics_per_session,
+            max_held: settings.session_queue.max(settings.socketio_buffer),
+        });
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::with_history(hub.clone(), settings.history.clone()));
         Self::bind_with(settings, hub, broker).await
     }
 

@@ -33,6 +33,9 @@ pub mod defaults {
     pub const INBOX_MAX_AGE: &str = "90d";
     pub const INBOX_MAX_PER_USER: u32 = 1_000;
     pub const INBOX_PRUNE_INTERVAL: &str = "60s";
+    pub const HISTORY_SIZE: usize = 100;
+    pub const HISTORY_TTL: &str = "5m";
+    pub const HISTORY_MAX_TOPICS: usize = 100_000;
 }
 
 /// Everything `herald serve` can be told. Each flag also reads the environment variable
@@ -118,6 +121,18 @@ pub struct Config {
     /// How often the inbox is pruned (e.g. `60s`).
     #[arg(long, env = "HERALD_INBOX_PRUNE_INTERVAL", default_value = defaults::INBOX_PRUNE_INTERVAL, value_parser = humantime::parse_duration)]
     pub inbox_prune_interval: Duration,
+
+    /// Recent events kept per topic for clients that come back (0 keeps none).
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = defaults::HISTORY_SIZE)]
+    pub history_size: usize,
+
+    /// How long an event stays recoverable (e.g. `5m`).
+    #[arg(long, env = "HERALD_HISTORY_TTL", default_value = defaults::HISTORY_TTL, value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Most topics with history kept in memory by one node (memory broker).
+    #[arg(long, env = "HERALD_HISTORY_MAX_TOPICS", default_value_t = defaults::HISTORY_MAX_TOPICS)]
+    pub history_max_topics: usize,
 
     /// Allowed CORS origin(s), comma-separated; `*` allows any.
     #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
@@ -263,6 +278,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreSettings,
     pub inbox: crate::inbox::InboxSettings,
+    /// Recent events kept per topic for returning clients.
+    pub history: herald_core::HistoryConfig,
 }
 
 impl Settings {
@@ -291,6 +308,7 @@ impl Settings {
             metrics_listen: None,
             store: StoreSettings::SqliteMemory,
             inbox: crate::inbox::InboxSettings::default(),
+            history: herald_core::HistoryConfig::default(),
         }
     }
 }
@@ -390,6 +408,11 @@ impl Config {
                 max_age: (!self.inbox_max_age.is_zero()).then_some(self.inbox_max_age),
                 max_per_user: (self.inbox_max_per_user > 0).then_some(self.inbox_max_per_user),
                 prune_interval: self.inbox_prune_interval.max(Duration::from_secs(1)),
+            },
+            history: herald_core::HistoryConfig {
+                size: self.history_size,
+                max_age: self.history_ttl.max(Duration::from_secs(1)),
+                max_topics: self.history_max_topics.max(1),
             },
         };
         Ok((settings, generated))

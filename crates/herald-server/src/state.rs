@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use axum::extract::ConnectInfo;
 use herald_auth::{AuthError, Verifier};
-use herald_core::{Broker, Hub, Outlet, Principal, SessionGuard, SessionId};
+use herald_core::{Broker, Delivery, Event, Hub, Outlet, Position, Principal, SessionGuard, SessionId, Topic};
 use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +20,9 @@ use herald_core::metrics as m;
 use crate::config::Settings;
 use crate::http::ApiError;
 use crate::limits::{Admission, ConnectionPermit};
+
+/// Sent after a returning client's missed events: `{recovered, missed, epoch, offset}`.
+pub const RECOVERED_EVENT: &str = "recovered";
 
 /// Everything shared by the transports, the HTTP API and the ops endpoints.
 pub struct Shared {
@@ -83,16 +87,88 @@ pub fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
 impl AppState {
     /// Registers a session through the inbox and starts giving it the notifications its
     /// device missed (see `inbox`). `after` is an SSE client's `Last-Event-ID`.
+    ///
+    /// With `since` (a returning client's last stream position) the session's live
+    /// events are held until what it missed on its own topics has been given, followed
+    /// by a `recovered` event.
     pub fn join(
         &self,
         principal: Principal,
         transport: &'static str,
         outlet: Arc<dyn Outlet>,
         after: Option<i64>,
+        since: Option<Position>,
     ) -> crate::inbox::Joined {
-        let joined = self.inbox.register(&self.hub, principal, transport, outlet);
+        let mut joined = self.inbox.register(&self.hub, principal, transport, outlet, since.is_some());
+        if let (Some(hold), Some(since)) = (joined.hold.take(), since) {
+            let topics = joined.session.topics();
+            let state = self.clone();
+            self.tasks.spawn(async move {
+                let (history, _) = state.recovery(&topics, &since).await;
+                hold.release(&history);
+            });
+        }
         self.catch_up(&joined.session, joined.through, after);
         joined
+    }
+
+    /// Subscribes a session to `topic`; with `since`, what it missed on the topic since
+    /// then reaches it before the topic's live events.
+    pub fn subscribe(
+        &self,
+        session: &SessionGuard,
+        topic: Topic,
+        since: Option<Position>,
+    ) -> Result<bool, herald_core::hub::SubscribeError> {
+        let Some(since) = since else { return session.subscribe(topic) };
+        let hold = session.hold();
+        let subscribed = session.subscribe(topic.clone())?;
+        let state = self.clone();
+        self.tasks.spawn(async move {
+            let (history, _) = state.recovery(&[topic], &since).await;
+            hold.release(&history);
+        });
+        Ok(subscribed)
+    }
+
+    /// What a client at `since` missed on `topics`, as deliveries to give it before
+    /// anything live, ending with the `recovered` event; and whether it was all there.
+    /// Waits until the broker delivers `topics` to this node first, so nothing published
+    /// meanwhile falls between history and live events.
+    pub async fn recovery(&self, topics: &[Topic], since: &Position) -> (Vec<Arc<Delivery>>, bool) {
+        let limit = (self.settings.session_queue.min(self.settings.socketio_buffer) / 2).max(1);
+        let recovery = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            recovery = async {
+                self.broker.subscribed(topics).await;
+                self.broker.recover(topics, since, limit).await
+            } => match recovery {
+                Ok(recovery) => Some(recovery),
+                Err(error) => {
+                    tracing::warn!(%error, "history unavailable for a recovering client");
+                    None
+                }
+            },
+        };
+        let recovered = recovery.as_ref().is_some_and(|recovery| recovery.recovered);
+        metrics::counter!(m::RECOVERIES, "recovered" => if recovered { "true" } else { "false" }).increment(1);
+        let (mut history, current) = match recovery {
+            Some(recovery) => {
+                let events: Vec<Arc<Delivery>> =
+                    recovery.events.into_iter().map(|e| Arc::new(Delivery::new(e))).collect();
+                (events, Some(recovery.current))
+            }
+            None => (Vec::new(), None),
+        };
+        let missed = history.len();
+        let mut body = serde_json::json!({"recovered": recovered, "missed": missed});
+        if let Some(current) = current {
+            body["epoch"] = serde_json::Value::from(&*current.epoch);
+            body["offset"] = serde_json::Value::from(current.offset);
+        }
+        let raw = serde_json::value::to_raw_value(&body).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        history.push(Arc::new(Delivery::new(Event::internal(RECOVERED_EVENT, raw))));
+        (history, recovered)
     }
 
     /// Gives a session registered through `inbox.register` what its device missed, up to

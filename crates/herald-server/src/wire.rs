@@ -8,7 +8,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_core::{Delivery, Event, FormatSlot};
+use herald_core::{Delivery, Event, FormatSlot, Position};
 
 /// Naming conventions of the seeds' clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,10 +104,24 @@ pub fn ws_text(name: &str, data: &str) -> Utf8Bytes {
     Utf8Bytes::try_from(ws_frame(name, data)).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
+/// A published event's frame: `{"type":NAME,"payload":DATA,"offset":N,"epoch":"E"}`,
+/// the position fields only when the event has one.
+pub fn ws_event_text(name: &str, data: &str, position: Option<&Position>) -> Utf8Bytes {
+    let mut buffer = typed_envelope(name, "payload", data);
+    if let Some(position) = position {
+        buffer.truncate(buffer.len() - 1);
+        // An epoch is ASCII letters and digits: no escaping needed.
+        buffer.put_slice(format!(",\"offset\":{},\"epoch\":\"{}\"}}", position.offset, position.epoch).as_bytes());
+    }
+    Utf8Bytes::try_from(buffer.freeze()).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
 /// The cached plain WebSocket encoding of a delivery for `dialect`.
 pub fn ws_encoded(delivery: &Delivery, dialect: Dialect) -> Utf8Bytes {
     let slot = if dialect == Dialect::Community { WS_COMMUNITY } else { WS_CANONICAL };
-    delivery.encoded(slot, |event: &Event| ws_text(dialect.outgoing(event.name()), event.data().get()))
+    delivery.encoded(slot, |event: &Event| {
+        ws_event_text(dialect.outgoing(event.name()), event.data().get(), event.stream())
+    })
 }
 
 /// The cached Socket.IO encoding of a delivery for the namespace of `dialect`.
@@ -116,12 +130,12 @@ pub fn sio_encoded(delivery: &Delivery, dialect: Dialect) -> Utf8Bytes {
     let slot = if dialect == Dialect::Notifications { SIO_NOTIFICATIONS } else { SIO_ROOT };
     delivery.encoded(slot, |event: &Event| {
         let name = dialect.outgoing(event.name());
-        Utf8Bytes::from(event_text(namespace_of(dialect), name, event.data().get()))
+        Utf8Bytes::from(event_text(namespace_of(dialect), name, event.data().get(), event.stream()))
     })
 }
 
 /// One SSE message. `data` must be on one line (events guarantee it).
-pub fn sse_message(id: Option<u64>, name: Option<&str>, data: &str) -> Bytes {
+pub fn sse_message(id: Option<&dyn std::fmt::Display>, name: Option<&str>, data: &str) -> Bytes {
     let mut buffer = BytesMut::with_capacity(32 + data.len());
     if let Some(id) = id {
         buffer.put_slice(format!("id: {id}\n").as_bytes());
@@ -142,16 +156,30 @@ pub fn typed_data(name: &str, data: &str) -> String {
     String::from_utf8_lossy(&typed_envelope(name, "data", data)).into_owned()
 }
 
-/// The cached SSE encoding of a delivery for `dialect`. Only events with a stream
-/// position (notifications) carry an `id:`, so a browser's `Last-Event-ID` is always
-/// the last notification it received.
+/// The `id:` of an event: its broker position `epoch:offset` when published through
+/// the broker, else a notification's id (a catch-up from the store). Events with
+/// neither (Herald's own replies) carry none, so `Last-Event-ID` always names one of
+/// the two, and the two forms cannot be confused.
+fn sse_id(event: &Event) -> Option<String> {
+    match (event.stream(), event.position()) {
+        (Some(position), _) => Some(position.to_string()),
+        (None, Some(id)) => Some(id.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// The cached SSE encoding of a delivery for `dialect`.
 pub fn sse_encoded(delivery: &Delivery, dialect: Dialect) -> Bytes {
     match dialect {
         Dialect::Notifications => delivery.encoded(SSE_NOTIFICATIONS, |event: &Event| {
-            sse_message(event.position(), None, &typed_data(dialect.outgoing(event.name()), event.data().get()))
+            let id = sse_id(event);
+            let id = id.as_ref().map(|id| id as &dyn std::fmt::Display);
+            sse_message(id, None, &typed_data(dialect.outgoing(event.name()), event.data().get()))
         }),
         _ => delivery.encoded(SSE_CANONICAL, |event: &Event| {
-            sse_message(event.position(), Some(dialect.outgoing(event.name())), event.data().get())
+            let id = sse_id(event);
+            let id = id.as_ref().map(|id| id as &dyn std::fmt::Display);
+            sse_message(id, Some(dialect.outgoing(event.name())), event.data().get())
         }),
     }
 }
@@ -193,5 +221,19 @@ mod tests {
         let positioned = Delivery::new(Event::from_value("notification:new", &json!({})).unwrap().at_position(42));
         let text = String::from_utf8(sse_encoded(&positioned, Dialect::Notifications).to_vec()).unwrap();
         assert_eq!(text, "id: 42\ndata: {\"type\":\"notification\",\"data\":{}}\n\n");
+        let event = Event::from_value("notification:new", &json!({})).unwrap().at_position(42);
+        let published = Delivery::new(event.at_stream(Position::new("ep0ch".into(), 7)));
+        let text = String::from_utf8(sse_encoded(&published, Dialect::Canonical).to_vec()).unwrap();
+        assert_eq!(text, "id: ep0ch:7\nevent: notification:new\ndata: {}\n\n", "the broker position wins");
+    }
+
+    #[test]
+    fn published_events_carry_their_position_on_every_transport() {
+        let event = Event::from_value("n", &json!({"a": 1})).unwrap().at_stream(Position::new("E1".into(), 12));
+        let delivery = Delivery::new(event);
+        let frame: serde_json::Value =
+            serde_json::from_str(ws_encoded(&delivery, Dialect::Canonical).as_str()).unwrap();
+        assert_eq!(frame, json!({"type": "n", "payload": {"a": 1}, "offset": 12, "epoch": "E1"}));
+        assert_eq!(sio_encoded(&delivery, Dialect::Canonical).as_str(), "42[\"n\",{\"a\":1},\"E1:12\"]");
     }
 }

@@ -71,6 +71,18 @@ impl WsClient {
         .await
     }
 
+    /// The next frame, which must be a published event: it carries its stream position
+    /// (`offset`, `epoch`). Returns `{type, payload}` without them.
+    pub async fn next_published(&mut self) -> Value {
+        let mut frame = self.next_json().await;
+        assert!(frame["offset"].as_u64().is_some_and(|offset| offset > 0), "no offset in {frame}");
+        assert!(frame["epoch"].as_str().is_some_and(|epoch| !epoch.is_empty()), "no epoch in {frame}");
+        let object = frame.as_object_mut().expect("frame is an object");
+        object.remove("offset");
+        object.remove("epoch");
+        frame
+    }
+
     /// Reads frames until one of type `kind` arrives; returns its payload. Frames of
     /// other types before it are returned in `skipped` order via panic message on timeout.
     pub async fn next_event(&mut self, kind: &str) -> Value {

@@ -251,7 +251,9 @@ async fn development_mode_prints_a_working_token_and_sigterm_exits_cleanly() {
     let mut client = WsClient::connect(&format!("ws://127.0.0.1:{}/ws?token={token}", server.port)).await.unwrap();
     client.next_event("connected").await;
     assert_eq!(publish(server.port, &api_key, json!({"topic": "user:dev-user", "data": {"hello": 1}})).await, 202);
-    assert_eq!(client.next_json().await, json!({"type": "notification", "payload": {"hello": 1}}));
+    let frame = client.next_json().await;
+    assert_eq!((&frame["type"], &frame["payload"]), (&json!("notification"), &json!({"hello": 1})));
+    assert_eq!(frame["offset"], 1, "the first event of a fresh node: {frame}");
 
     let pid = server.child.id().unwrap().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();

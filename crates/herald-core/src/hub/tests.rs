@@ -110,7 +110,7 @@ fn access_rules_apply_to_subscribe() {
 
 #[test]
 fn subscriptions_per_session_are_bounded() {
-    let hub = Hub::new(HubLimits { max_topics_per_session: 3 });
+    let hub = Hub::new(HubLimits { max_topics_per_session: 3, ..HubLimits::default() });
     let session = hub.register(principal("a"), "ws", RecordingOutlet::new(1));
     // Own user topic and global count towards the limit.
     session.subscribe(topic("channel:1")).unwrap();
@@ -210,4 +210,114 @@ fn a_closed_outlet_is_forgotten_at_the_next_dispatch() {
     assert_eq!(hub.dispatch(&[topic("global")], delivery("x")), 0);
     assert_eq!(hub.stats().connections, 0);
     drop(session);
+}
+
+fn positioned(name: &str, offset: u64) -> Arc<Delivery> {
+    let event = Event::from_value(name, &serde_json::json!({})).unwrap();
+    Arc::new(Delivery::new(event.at_stream(Position::new(Arc::from("e1"), offset))))
+}
+
+#[test]
+fn a_held_session_gets_history_first_then_what_was_held_without_duplicates() {
+    let hub = Hub::default();
+    let outlet = RecordingOutlet::new(100);
+    let session = hub.register(principal("alice"), "test", outlet.clone());
+    let hold = session.hold();
+    hub.dispatch(&[topic("user:alice")], positioned("live-3", 3));
+    hub.dispatch(&[topic("user:alice")], positioned("live-4", 4));
+    hub.dispatch(&[topic("user:alice")], delivery("unpositioned"));
+    assert!(outlet.names().is_empty(), "nothing passes while held");
+    assert!(hold.release(&[positioned("history-2", 2), positioned("history-3", 3)]));
+    assert_eq!(outlet.names(), ["history-2", "history-3", "live-4", "unpositioned"]);
+    hub.dispatch(&[topic("user:alice")], positioned("after", 5));
+    assert_eq!(outlet.names().last().map(String::as_str), Some("after"), "released: live again");
+}
+
+#[test]
+fn nested_holds_release_what_was_held_with_the_last_one() {
+    let hub = Hub::default();
+    let outlet = RecordingOutlet::new(100);
+    let session = hub.register(principal("alice"), "test", outlet.clone());
+    let first = session.hold();
+    let second = session.hold();
+    hub.dispatch(&[topic("global")], positioned("live-7", 7));
+    assert!(first.release(&[positioned("history-a", 5)]));
+    assert_eq!(outlet.names(), ["history-a"], "the second hold still holds live events");
+    drop(second);
+    assert_eq!(outlet.names(), ["history-a", "live-7"]);
+}
+
+#[test]
+fn too_much_held_closes_the_session_as_a_slow_consumer() {
+    let hub = Hub::new(HubLimits { max_held: 2, ..HubLimits::default() });
+    let outlet = RecordingOutlet::new(100);
+    let session = hub.register(principal("alice"), "test", outlet.clone());
+    let _hold = session.hold();
+    for n in 0..3 {
+        hub.dispatch(&[topic("global")], positioned("live", n));
+    }
+    assert_eq!(*outlet.closed.lock(), Some(CloseReason::SlowConsumer));
+    assert_eq!(hub.stats().connections, 0);
+}
+
+#[derive(Default)]
+struct RecordingInterest {
+    changes: Mutex<Vec<(String, bool)>>,
+    users: Mutex<Vec<(String, usize)>>,
+}
+
+impl Interest for RecordingInterest {
+    fn topic(&self, topic: &Topic, subscribed: bool) {
+        self.changes.lock().push((topic.to_string(), subscribed));
+    }
+    fn user(&self, user: &UserId, connections: usize) {
+        self.users.lock().push((user.to_string(), connections));
+    }
+}
+
+#[test]
+fn interest_is_told_of_first_and_last_subscribers_only() {
+    let hub = Hub::default();
+    let early = hub.register(principal("early"), "test", RecordingOutlet::new(1));
+    let interest = Arc::new(RecordingInterest::default());
+    hub.set_interest(interest.clone());
+    let mut initial = interest.changes.lock().clone();
+    initial.sort();
+    assert_eq!(initial, [("global".to_owned(), true), ("user:early".to_owned(), true)], "existing topics reported");
+    interest.changes.lock().clear();
+    let a = hub.register(principal("alice"), "test", RecordingOutlet::new(1));
+    let b = hub.register(principal("alice"), "test", RecordingOutlet::new(1));
+    a.subscribe(topic("channel:x")).unwrap();
+    b.subscribe(topic("channel:x")).unwrap();
+    a.unsubscribe(&topic("channel:x"));
+    drop(a);
+    assert_eq!(*interest.changes.lock(), [("user:alice".to_owned(), true), ("channel:x".to_owned(), true)]);
+    drop(b);
+    drop(early);
+    let changes = interest.changes.lock().clone();
+    assert!(changes.contains(&("channel:x".to_owned(), false)));
+    assert!(changes.contains(&("user:alice".to_owned(), false)));
+    assert!(changes.contains(&("global".to_owned(), false)), "the last session gone: global too");
+    assert_eq!(
+        &interest.users.lock()[1..],
+        [
+            ("alice".to_owned(), 1),
+            ("alice".to_owned(), 2),
+            ("alice".to_owned(), 1),
+            ("alice".to_owned(), 0),
+            ("early".to_owned(), 0)
+        ]
+    );
+}
+
+#[test]
+fn a_session_registered_held_gets_nothing_live_until_released() {
+    let hub = Hub::default();
+    let outlet = RecordingOutlet::new(100);
+    let (session, hold) = hub.register_held(principal("alice"), "test", outlet.clone());
+    hub.dispatch(&[topic("user:alice")], positioned("live", 9));
+    assert!(hub.send_to(session.id(), delivery("direct")));
+    assert!(outlet.names().is_empty());
+    hold.release(&[positioned("missed", 8)]);
+    assert_eq!(outlet.names(), ["missed", "live", "direct"]);
 }

@@ -2,7 +2,8 @@
 //!
 //! Body: `{"topic": "user:42", "event": "notification", "data": {...}}` or
 //! `{"topics": [...], ...}`; `event` defaults to `notification`, `data` to `{}`.
-//! Answers 202 only once the broker has taken the event.
+//! Answers 202 with the event's stream position (`epoch`, `offset`) only once the
+//! broker has taken the event; 503 when it could not.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -104,11 +105,20 @@ pub async fn publish(
         .map_err(|error| ApiError::bad_request(ErrorCode::InvalidPayload, format!("event: {error}")))?;
     metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&event_name)).increment(1);
 
-    state.broker.publish(Publication::new(topics.clone(), event)).await.map_err(|error| {
+    let position = state.broker.publish(Publication::new(topics.clone(), event)).await.map_err(|error| {
         tracing::warn!(%error, "publish refused by the broker");
         ApiError::from_code(ErrorCode::BrokerUnavailable, "the broker could not take the event; retry later")
     })?;
     metrics::counter!(m::PUBLISHES).increment(1);
     let topic_names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({"success": true, "event": event_name, "topics": topic_names}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "success": true,
+            "event": event_name,
+            "topics": topic_names,
+            "epoch": &*position.epoch,
+            "offset": position.offset,
+        })),
+    ))
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::metrics as m;
 use herald_core::{
-    Broker, Delivery, Event, Hub, Outlet, Principal, Publication, SessionGuard, SessionId, Topic, UserId,
+    Broker, Delivery, Event, Hold, Hub, Outlet, Principal, Publication, SessionGuard, SessionId, Topic, UserId,
 };
 use herald_store::{
     Created, ListQuery, NewNotification, Notification, Pending, Retention, Selection, Store, StoreError,
@@ -199,15 +199,22 @@ impl Inbox {
         principal: Principal,
         transport: &'static str,
         outlet: Arc<dyn Outlet>,
+        held: bool,
     ) -> Joined {
         let user = principal.user_id.clone();
         let device = device_of(&principal);
-        let (session, through) = {
+        let (session, hold, through) = {
             let published = self.published.lock();
-            (hub.register(principal, transport, outlet), *published)
+            let (session, hold) = if held {
+                let (session, hold) = hub.register_held(principal, transport, outlet);
+                (session, Some(hold))
+            } else {
+                (hub.register(principal, transport, outlet), None)
+            };
+            (session, hold, *published)
         };
         let presence = Presence { inbox: Arc::downgrade(self), user, device, registered_through: through };
-        Joined { session, through, presence }
+        Joined { session, hold, through, presence }
     }
 
     /// The highest notification id pushed live so far.
@@ -295,6 +302,8 @@ impl Inbox {
 /// A session registered through the inbox.
 pub struct Joined {
     pub session: SessionGuard,
+    /// When registered held (a recovering client): release it with the history.
+    pub hold: Option<Hold>,
     /// The highest notification id pushed before the session existed.
     pub through: i64,
     /// Keep it as long as the session.

@@ -14,14 +14,14 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
-use herald_core::{CloseReason, Delivery, SessionGuard};
+use herald_core::{CloseReason, Delivery, Position, SessionGuard};
 use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
 use tokio::time::Interval;
 
 use super::QueueOutlet;
 use crate::limits::ConnectionPermit;
-use crate::state::AppState;
+use crate::state::{AppState, query_param};
 use crate::wire::{self, Dialect};
 
 /// How long a browser waits before reconnecting, announced once per stream.
@@ -72,14 +72,16 @@ fn accept(
         Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
-    // A reconnecting EventSource names the last notification it received.
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<i64>().ok())
-        .filter(|id| *id >= 0);
+    // A reconnecting EventSource names the last event it received: a broker position
+    // (`epoch:offset`, what it missed is recovered) or a notification id (catch-up from
+    // the inbox). `?since=epoch:offset` does the same for a first connection.
+    let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok()).map(str::trim);
+    let since = last_event_id
+        .and_then(Position::parse)
+        .or_else(|| query_param(query.as_deref(), "since").as_deref().and_then(Position::parse));
+    let after = last_event_id.and_then(|value| value.parse::<i64>().ok()).filter(|id| *id >= 0);
     let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
-    let joined = state.join(principal, "sse", outlet, last_event_id);
+    let joined = state.join(principal, "sse", outlet, after, since);
     let session = joined.session;
     let mut opening = format!("retry: {RETRY_MS}\n\n");
     if dialect == Dialect::Canonical {

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::metrics::{self as m, count_error};
-use herald_core::{CloseReason, Delivery, ErrorCode, Event, SessionGuard, Topic};
+use herald_core::{CloseReason, Delivery, ErrorCode, Event, Position, SessionGuard, Topic};
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
@@ -36,7 +36,7 @@ use super::QueueOutlet;
 use super::mailbox::Receiver;
 use crate::inbox::{Presence, api as inbox_api};
 use crate::limits::ConnectionPermit;
-use crate::state::AppState;
+use crate::state::{AppState, query_param};
 use crate::wire::{self, Dialect};
 
 /// Initial read buffer per connection. Clients send little (commands, pings), and the
@@ -94,8 +94,19 @@ fn accept(
     };
     // Registered now, so the connection task does not carry the principal, and events
     // published while the upgrade completes wait in the queue.
+    // `?since=epoch:offset`: a returning client gets what it missed first.
+    let since = match query_param(query.as_deref(), "since") {
+        None => None,
+        Some(text) => match Position::parse(&text) {
+            Some(since) => Some(since),
+            None => {
+                return crate::http::ApiError::bad_request(ErrorCode::InvalidPayload, "since must be \"epoch:offset\"")
+                    .into_response();
+            }
+        },
+    };
     let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
-    let joined = state.join(principal, "ws", outlet, None);
+    let joined = state.join(principal, "ws", outlet, None, since);
     let link = Link {
         session: joined.session,
         through: joined.through,
@@ -146,6 +157,9 @@ struct IncomingFrame {
 #[derive(Deserialize)]
 struct TopicPayload {
     topic: String,
+    /// `epoch:offset`: also give what was missed on the topic since then.
+    #[serde(default)]
+    since: Option<String>,
 }
 
 fn text(bytes: Bytes) -> Message {
@@ -213,24 +227,31 @@ fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard, through: i64
         });
         return None;
     }
-    Some(answer_now(kind, frame.payload, session))
+    Some(answer_now(kind, frame.payload, session, state))
 }
 
 /// The commands answered without the store.
-fn answer_now(kind: &str, payload: serde_json::Value, session: &SessionGuard) -> Message {
+fn answer_now(kind: &str, payload: serde_json::Value, session: &SessionGuard, state: &AppState) -> Message {
     match kind {
         "PING" => text(wire::ws_frame("PONG", &json!({"timestamp": now_millis()}).to_string())),
         "ping" => text(wire::ws_frame("pong", &json!({"timestamp": now_millis()}).to_string())),
         kind @ ("subscribe" | "unsubscribe") => {
-            let Ok(TopicPayload { topic }) = serde_json::from_value(payload) else {
+            let Ok(TopicPayload { topic, since }) = serde_json::from_value(payload) else {
                 return error_frame(ErrorCode::InvalidPayload, "payload must be {\"topic\": string}", Some(kind));
+            };
+            let since = match since.as_deref().map(Position::parse) {
+                None => None,
+                Some(Some(since)) => Some(since),
+                Some(None) => {
+                    return error_frame(ErrorCode::InvalidPayload, "since must be \"epoch:offset\"", Some(kind));
+                }
             };
             let topic = match Topic::parse(&topic) {
                 Ok(topic) => topic,
                 Err(error) => return error_frame(ErrorCode::InvalidTopic, &error.to_string(), Some(kind)),
             };
             if kind == "subscribe" {
-                if let Err(error) = session.subscribe(topic.clone()) {
+                if let Err(error) = state.subscribe(session, topic.clone(), since) {
                     return error_frame(error.code(), &error.to_string(), Some(kind));
                 }
                 text(wire::ws_frame("subscribed", &json!({"topic": topic.as_str()}).to_string()))

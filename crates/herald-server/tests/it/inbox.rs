@@ -116,7 +116,8 @@ async fn a_created_notification_is_pushed_to_every_device_in_each_dialect_with_t
             break args;
         }
     };
-    assert_eq!(counts, vec![json!({"count": 1})]);
+    assert_eq!(counts[0], json!({"count": 1}));
+    assert!(counts[1].is_string(), "published events end with their position: {counts:?}");
     inbox.finish().await;
 }
 

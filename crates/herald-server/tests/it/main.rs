@@ -7,6 +7,7 @@ mod inbox;
 mod limits;
 mod ops;
 mod publish;
+mod recovery;
 mod socketio;
 mod sse;
 mod support;

@@ -79,7 +79,7 @@ async fn shutdown_tells_every_client_and_drains() {
     assert_eq!(goodbye.event, "error");
     assert!(goodbye.data.contains("SERVER_SHUTDOWN"));
     assert!(sse.next_or_end().await.is_none(), "the stream ends");
-    assert_eq!(sio.event("last-words").await.len(), 1);
+    assert_eq!(sio.event("last-words").await.len(), 2, "data and position");
     assert_eq!(sio.kind("disconnect").await["reason"], "io server disconnect");
 }
 

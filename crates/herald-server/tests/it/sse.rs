@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::support::publish_ok;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_stream_carries_event_and_data_and_ids_only_for_notifications() {
+async fn events_stream_carries_event_data_and_the_stream_position_as_id() {
     let gateway = TestGateway::spawn().await;
     let mut stream = gateway.sse(&format!("/events?token={}", gateway.token("alice"))).await;
     let hello = stream.next().await;
@@ -21,8 +21,10 @@ async fn events_stream_carries_event_and_data_and_ids_only_for_notifications() {
     let second = stream.next().await;
     assert_eq!(second.event, "system");
     assert_eq!(serde_json::from_str::<Value>(&second.data).unwrap(), json!({"text": "line1\nline2"}));
-    // Only inbox notifications carry an `id:` (theirs), so `Last-Event-ID` always names one.
-    assert_eq!((first.id.as_str(), second.id.as_str()), ("", ""));
+    // Published events carry their stream position `epoch:offset` as `id:`, so
+    // `Last-Event-ID` names where a reconnecting client stopped.
+    let (epoch, offset) = first.id.rsplit_once(':').expect("first id is epoch:offset");
+    assert_eq!(second.id, format!("{epoch}:{}", offset.parse::<u64>().unwrap() + 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ async fn connects_with_query_token_and_receives_user_publishes() {
     assert_eq!(hello["topics"], json!(["global", "user:alice"]));
 
     publish_ok(&gateway, json!({"topic": "user:alice", "data": {"id": "n1", "type": "TIP"}})).await;
-    let frame = alice.next_json().await;
+    let frame = alice.next_published().await;
     assert_eq!(frame, json!({"type": "notification", "payload": {"id": "n1", "type": "TIP"}}));
 }
 
@@ -65,7 +65,7 @@ async fn subscribe_and_unsubscribe_channels() {
     member.send_json(json!({"type": "subscribe", "payload": {"topic": "channel:news"}})).await;
     assert_eq!(member.next_json().await, json!({"type": "subscribed", "payload": {"topic": "channel:news"}}));
     publish_ok(&gateway, json!({"topic": "channel:news", "event": "headline", "data": {"n": 1}})).await;
-    assert_eq!(member.next_json().await, json!({"type": "headline", "payload": {"n": 1}}));
+    assert_eq!(member.next_published().await, json!({"type": "headline", "payload": {"n": 1}}));
 
     // The outsider's next frame is a marker published afterwards: the channel event never came.
     publish_ok(&gateway, json!({"topic": "user:o", "event": "marker", "data": {}})).await;
@@ -137,7 +137,7 @@ async fn seed_001_community_client_ping_pong() {
     assert_eq!(pong["type"], "PONG");
     assert!(pong["payload"]["timestamp"].as_u64().is_some());
     publish_ok(&gateway, json!({"topic": "user:user-123", "event": "notification", "data": {"x": 1}})).await;
-    assert_eq!(client.next_json().await, json!({"type": "notification", "payload": {"x": 1}}));
+    assert_eq!(client.next_published().await, json!({"type": "notification", "payload": {"x": 1}}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

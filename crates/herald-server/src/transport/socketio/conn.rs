@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use herald_core::metrics::{self as m, count_error};
-use herald_core::{CloseReason, Delivery, ErrorCode, OfferError, Outlet, Principal, SessionGuard, Topic, TopicKind};
+use herald_core::{
+    CloseReason, Delivery, ErrorCode, OfferError, Outlet, Position, Principal, SessionGuard, Topic, TopicKind,
+};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -181,7 +183,7 @@ impl Conn {
     }
 
     fn emit(&self, dialect: Dialect, event: &str, data: &Value) {
-        self.push(packet::event_text(namespace_of(dialect), event, &data.to_string()));
+        self.push(packet::event_text(namespace_of(dialect), event, &data.to_string(), None));
     }
 
     fn emit_error(&self, dialect: Dialect, code: ErrorCode, message: &str) {
@@ -307,29 +309,59 @@ impl Conn {
             Err(error) => return self.refuse(namespace, error.code, &error.message),
         };
         let id = new_id();
-        let connect = json!({"sid": &*id}).to_string();
-        let joined = principal.map(|principal| self.register(principal, dialect));
+        let recovering = auth.as_ref().and_then(recovery_request).filter(|_| principal.is_some());
+        let mut joined = principal.map(|principal| self.register(principal, dialect, recovering.is_some()));
         let catch_up =
             joined.as_ref().map(|joined| (joined.session.id(), joined.session.principal().clone(), joined.through));
+        let topics = joined.as_ref().map(|joined| joined.session.topics()).unwrap_or_default();
+        let hold = joined.as_mut().and_then(|joined| joined.hold.take());
         let (session, presence, through) = match joined {
             Some(joined) => (Some(joined.session), Some(joined.presence), joined.through),
             None => (None, None, 0),
         };
+        let sid = id.clone();
         self.sockets.lock().push(NsSocket { dialect, id, session, _presence: presence, through });
-        self.push(packet::socketio_text(Kind::Connect, namespace, None, &connect));
-        if let Some((session, principal, through)) = catch_up {
-            self.greet(dialect);
-            self.state.catch_up_session(session, principal, through, None);
-        } else {
-            self.start_auth_grace(dialect);
+        let namespace_name = namespace.to_owned();
+        let connect_packet = move |pid: &str| {
+            // Both ids are Herald's own hex (or, for `pid`, checked to be a JSON-safe string
+            // by serde): `sid` first, as Socket.IO servers send it.
+            let body = format!("{{\"sid\":{},\"pid\":{}}}", json!(&*sid), json!(pid));
+            packet::socketio_text(Kind::Connect, &namespace_name, None, &body)
+        };
+        match (hold, recovering, catch_up) {
+            (Some(hold), Some((pid, since)), Some((session, principal, through))) => {
+                // The client learns whether it recovered from the CONNECT's `pid` (its own
+                // back: recovered), so CONNECT waits for the history; live events are held.
+                let conn = self.clone();
+                self.state.tasks.spawn(async move {
+                    let (history, recovered) = conn.state.recovery(&topics, &since).await;
+                    let pid = match pid {
+                        Some(pid) if recovered => pid,
+                        _ => new_id().into(),
+                    };
+                    conn.push(connect_packet(&pid));
+                    conn.greet(dialect);
+                    hold.release(&history);
+                    conn.state.catch_up_session(session, principal, through, None);
+                });
+            }
+            (_, _, Some((session, principal, through))) => {
+                self.push(connect_packet(&new_id()));
+                self.greet(dialect);
+                self.state.catch_up_session(session, principal, through, None);
+            }
+            (_, _, None) => {
+                self.push(connect_packet(&new_id()));
+                self.start_auth_grace(dialect);
+            }
         }
     }
 
     /// Registers the namespace socket's hub session; returns it with the inbox's mark,
     /// for [`AppState::catch_up`] once the client has been told it is connected.
-    fn register(&self, principal: Principal, dialect: Dialect) -> Joined {
+    fn register(&self, principal: Principal, dialect: Dialect, held: bool) -> Joined {
         let outlet = Arc::new(SocketOutlet { link: self.link.clone(), dialect });
-        self.state.inbox.register(&self.state.hub, principal, "socketio", outlet)
+        self.state.inbox.register(&self.state.hub, principal, "socketio", outlet, held)
     }
 
     /// Seed 000: a socket on `/` without a token must send `authenticate` in time.
@@ -443,13 +475,13 @@ impl Conn {
             (Dialect::Canonical, "subscribe" | "unsubscribe") => {
                 let topic = field(&data, "topic")
                     .and_then(|name| Topic::parse(&name).map_err(|error| (ErrorCode::InvalidTopic, error.to_string())));
-                self.subscribe(dialect, topic, name == "subscribe")
+                self.subscribe(dialect, topic, name == "subscribe", since_of(&data)?)
             }
             (Dialect::Canonical, _) if let Some(&(_, kind, id_field, on)) = typed_command(name) => {
                 let topic = field(&data, id_field).and_then(|id| {
                     Topic::with_id(kind, &id).map_err(|error| (ErrorCode::InvalidTopic, error.to_string()))
                 });
-                self.subscribe(dialect, topic, on)
+                self.subscribe(dialect, topic, on, since_of(&data)?)
             }
             _ => {
                 let shown: String = name.chars().take(100).collect();
@@ -471,11 +503,19 @@ impl Conn {
         }
     }
 
-    fn subscribe(&self, dialect: Dialect, topic: Result<Topic, (ErrorCode, String)>, on: bool) -> CommandResult {
+    fn subscribe(
+        &self,
+        dialect: Dialect,
+        topic: Result<Topic, (ErrorCode, String)>,
+        on: bool,
+        since: Option<Position>,
+    ) -> CommandResult {
         self.with_session(dialect, |session| {
             let topic = topic?;
             if on {
-                session.subscribe(topic.clone()).map_err(|error| (error.code(), error.to_string()))?;
+                self.state
+                    .subscribe(session, topic.clone(), since)
+                    .map_err(|error| (error.code(), error.to_string()))?;
             } else {
                 session.unsubscribe(&topic);
             }
@@ -496,7 +536,7 @@ impl Conn {
         .filter(|token| !token.is_empty())
         .or(self.request_token.as_deref());
         let principal = self.state.authenticate(token).map_err(|error| (error.code, error.message))?;
-        let joined = self.register(principal, dialect);
+        let joined = self.register(principal, dialect, false);
         let catch_up = (joined.session.id(), joined.session.principal().clone(), joined.through);
         {
             let mut sockets = self.sockets.lock();
@@ -521,6 +561,35 @@ const TYPED_COMMANDS: &[(&str, TopicKind, &str, bool)] = &[
     ("subscribe_user", TopicKind::User, "userId", true),
     ("unsubscribe_user", TopicKind::User, "userId", false),
 ];
+
+/// A subscribe command's optional `since: "epoch:offset"`.
+fn since_of(data: &Value) -> Result<Option<Position>, (ErrorCode, String)> {
+    match data.get("since") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Position::parse(text)
+            .map(Some)
+            .ok_or_else(|| (ErrorCode::InvalidPayload, "since must be \"epoch:offset\"".into())),
+        Some(_) => Err((ErrorCode::InvalidPayload, "since must be \"epoch:offset\"".into())),
+    }
+}
+
+/// A returning client's position in its CONNECT auth: Socket.IO's own `{pid, offset}`
+/// (sent by the official client by itself), or Herald's `recover: "epoch:offset"` /
+/// `recover: {epoch, offset}`. With the `pid` it had, which it gets back if recovered.
+fn recovery_request(auth: &Value) -> Option<(Option<String>, Position)> {
+    let pid =
+        auth.get("pid").and_then(Value::as_str).filter(|pid| !pid.is_empty() && pid.len() <= 64).map(str::to_owned);
+    let since = match auth.get("recover") {
+        Some(Value::String(text)) => Position::parse(text),
+        Some(Value::Object(fields)) => {
+            let epoch = fields.get("epoch").and_then(Value::as_str).filter(|e| herald_core::history::valid_epoch(e))?;
+            let offset = fields.get("offset").and_then(Value::as_u64)?;
+            Some(Position::new(epoch.into(), offset))
+        }
+        _ => auth.get("offset").and_then(Value::as_str).and_then(Position::parse),
+    }?;
+    Some((pid, since))
+}
 
 fn typed_command(name: &str) -> Option<&'static (&'static str, TopicKind, &'static str, bool)> {
     TYPED_COMMANDS.iter().find(|(command, ..)| *command == name)

@@ -6,6 +6,7 @@
 //! with types `0` connect, `1` disconnect, `2` event, `3` ack, `4` connect error,
 //! `5` binary event, `6` binary ack; the namespace is omitted when it is `/`.
 
+use herald_core::Position;
 use std::fmt::Write as _;
 
 /// Separates packets in a long-polling payload.
@@ -132,13 +133,21 @@ pub fn socketio_text(kind: Kind, namespace: &str, ack: Option<u64>, data: &str) 
 }
 
 /// An event as an Engine.IO message: `42[<namespace>,]["<name>",<data>]`.
-pub fn event_text(namespace: &str, name: &str, data: &str) -> String {
-    let mut array = String::with_capacity(name.len() + data.len() + 8);
+///
+/// A published event ends with its position as a string argument, as Socket.IO's own
+/// connection state recovery does: the official client keeps the last one and sends it
+/// back as `offset` when it reconnects.
+pub fn event_text(namespace: &str, name: &str, data: &str, position: Option<&Position>) -> String {
+    let mut array = String::with_capacity(name.len() + data.len() + 32);
     array.push('[');
     // A &str always serialises.
     array.push_str(&serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into()));
     array.push(',');
     array.push_str(data);
+    if let Some(position) = position {
+        // An epoch is ASCII letters and digits: no escaping needed.
+        array.push_str(&format!(",\"{position}\""));
+    }
     array.push(']');
     socketio_text(Kind::Event, namespace, None, &array)
 }
@@ -179,8 +188,8 @@ mod tests {
     fn encodes_what_it_parses() {
         assert_eq!(socketio_text(Kind::Ack, "/n", Some(3), "[{}]"), "43/n,3[{}]");
         assert_eq!(socketio_text(Kind::Connect, "/", None, "{\"sid\":\"x\"}"), "40{\"sid\":\"x\"}");
-        assert_eq!(event_text("/", "a\"b", "{\"k\":1}"), "42[\"a\\\"b\",{\"k\":1}]");
-        let text = event_text("/notifications", "n", "1");
+        assert_eq!(event_text("/", "a\"b", "{\"k\":1}", None), "42[\"a\\\"b\",{\"k\":1}]");
+        let text = event_text("/notifications", "n", "1", None);
         let packet = parse_socketio(&text[1..]).unwrap();
         assert_eq!((packet.kind, packet.namespace, packet.data), (Kind::Event, "/notifications", "[\"n\",1]"));
     }
