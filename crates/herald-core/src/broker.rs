@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::event::{Delivery, Event};
 use crate::history::{HistoryConfig, MemoryHistory, Position, Recovery};
 use crate::hub::Hub;
+use crate::principal::UserId;
 use crate::topic::Topic;
 
 /// A boxed future, so the broker trait stays object-safe.
@@ -64,8 +65,42 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can currently carry publications (for `/ready`).
     fn is_ready(&self) -> bool;
 
+    /// The live nodes of the cluster and their figures, when the broker spans nodes
+    /// (a snapshot refreshed by the broker's heartbeat, never a round trip).
+    fn cluster(&self) -> Option<Vec<NodeStats>> {
+        None
+    }
+
+    /// Where `user` is connected across the cluster; `None` when the broker keeps no
+    /// shared presence (one node: the hub knows).
+    fn presence<'a>(&'a self, _user: &'a UserId) -> BoxFuture<'a, Result<Option<UserPresence>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// A short name for health output, e.g. `memory` or `redis`.
     fn kind(&self) -> &'static str;
+}
+
+/// One live node as the cluster registry last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStats {
+    pub id: String,
+    pub connections: u64,
+    pub unique_users: u64,
+    pub topics: u64,
+    /// Unix milliseconds of its last heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+/// A user's connections across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPresence {
+    pub online: bool,
+    pub connections: u64,
+    /// The nodes the user is connected to, sorted.
+    pub nodes: Vec<String>,
 }
 
 /// The single-node broker: a publication goes straight to the local hub, and history

@@ -262,7 +262,7 @@ fn forget_expired(state: &mut State, oldest_ms: u64) {
 }
 
 fn forget_oldest(state: &mut State) {
-    let oldest = state.topics.iter().min_by_key(|(_, history)| history.last_ms).map(|(topic, _)| topic.clone());
+    let oldest = state.topics.iter().min_by_key(|(_, history)| history.top).map(|(topic, _)| topic.clone());
     if let Some(topic) = oldest {
         forget(state, &topic);
     }

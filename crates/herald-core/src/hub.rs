@@ -553,6 +553,11 @@ impl Hub {
         }
     }
 
+    /// How many sessions the user has on this node.
+    pub fn connections_of(&self, user: &UserId) -> usize {
+        self.inner.users.lock().get(user).copied().unwrap_or(0)
+    }
+
     /// Whether the user has at least one session on this node.
     pub fn is_online(&self, user: &UserId) -> bool {
         self.inner.users.lock().contains_key(user)

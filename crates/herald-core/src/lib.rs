@@ -21,7 +21,7 @@ pub mod principal;
 pub mod topic;
 
 pub use access::check_subscribe;
-pub use broker::{Broker, BrokerError, MemoryBroker, Publication};
+pub use broker::{BoxFuture, Broker, BrokerError, MemoryBroker, NodeStats, Publication, UserPresence};
 pub use error::{CloseReason, ErrorCode};
 pub use event::{Delivery, Event, EventError, FormatSlot};
 pub use history::{HistoryConfig, Position, Recovery};

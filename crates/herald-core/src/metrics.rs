@@ -47,6 +47,20 @@ pub const INBOX_PRUNE_RUNS: &str = "herald_inbox_prune_runs_total";
 /// they missed.
 pub const RECOVERIES: &str = "herald_recoveries_total";
 
+/// Gauge: 1 while the Redis broker is connected (subscriber and commands), else 0.
+pub const BROKER_CONNECTED: &str = "herald_broker_connected";
+/// Counter: times the Redis broker became unavailable.
+pub const BROKER_OUTAGES: &str = "herald_broker_outages_total";
+/// Counter: messages received on Herald's Redis channels.
+pub const BROKER_MESSAGES_IN: &str = "herald_broker_messages_in_total";
+/// Counter, label `result` (`ok`, `malformed`, `dropped`): messages from seed
+/// 000/004's Redis channels.
+pub const SEED_MESSAGES: &str = "herald_seed_channel_messages_total";
+/// Gauge: live nodes in the cluster registry.
+pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
+/// Gauge: connections across all live nodes.
+pub const CLUSTER_CONNECTIONS: &str = "herald_cluster_connections";
+
 /// How many distinct event names get a label of their own; the rest share `other`,
 /// so a producer inventing names cannot blow up the metric cardinality.
 const MAX_EVENT_LABELS: usize = 64;

@@ -74,18 +74,42 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Builds the gateway on the memory broker and binds `settings.listen`.
+    /// Builds the gateway on the broker its settings name (memory, or Redis with
+    /// `REDIS_URL`, which must be reachable) and binds `settings.listen`.
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
         let hub = Hub::new(HubLimits {
             max_topics_per_session: settings.max_topics_per_session,
             max_held: settings.session_queue.max(settings.socketio_buffer),
         });
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::with_history(hub.clone(), settings.history.clone()));
-        Self::bind_with(settings, hub, broker).await
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let broker: Arc<dyn Broker> = match &settings.redis {
+            None => Arc::new(MemoryBroker::with_history(hub.clone(), settings.history.clone())),
+            Some(redis) => {
+                let mut config = redis.clone();
+                config.history = settings.history.clone();
+                Arc::new(
+                    herald_redis::RedisBroker::start(hub.clone(), config, shutdown.clone(), &tasks)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("{error}"))?,
+                )
+            }
+        };
+        Self::assemble(settings, hub, broker, shutdown, tasks).await
     }
 
     /// Builds the gateway around a given hub and broker.
     pub async fn bind_with(settings: Settings, hub: Hub, broker: Arc<dyn Broker>) -> anyhow::Result<Self> {
+        Self::assemble(settings, hub, broker, CancellationToken::new(), TaskTracker::new()).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        hub: Hub,
+        broker: Arc<dyn Broker>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Self> {
         let verifier = Verifier::new(&settings.auth)?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -100,8 +124,6 @@ impl App {
         };
         let admission =
             Admission::new(settings.max_connections, settings.rate_limit_max_connections, settings.rate_limit_window);
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let store = open_store(&settings.store).await?;
         let inbox = Inbox::start(store, settings.inbox.clone(), hub.clone(), broker.clone(), shutdown.clone(), &tasks)
             .await
@@ -244,6 +266,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/publish", post(publish::publish))
         .route("/api/notifications", post(inbox_api::create))
         .route("/api/users/{user}/notifications", get(inbox_api::list_of_user))
+        .route("/api/users/{user}/presence", get(ops::presence))
         .route("/api/me/notifications", get(inbox_api::my_list))
         .route("/api/me/notifications/unread-count", get(inbox_api::my_unread_count))
         .route(

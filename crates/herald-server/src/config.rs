@@ -88,10 +88,23 @@ pub struct Config {
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Redis URL for the multi-node broker (not available in this version: startup fails
-    /// rather than silently running single-node).
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL for the multi-node broker (`redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS). Unset: the single-node memory broker. Unreachable: startup fails.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel Herald owns.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald:")]
+    pub redis_prefix: String,
+
+    /// Prefix of seed 000/004's Redis channels (`{prefix}user:{id}`, `{prefix}channel:{id}`,
+    /// `{prefix}global`), relayed as the event `notification`; empty to ignore them.
+    #[arg(long, env = "HERALD_SEED_CHANNEL_PREFIX", default_value = "notifications:")]
+    pub seed_channel_prefix: String,
+
+    /// This node's name in the cluster registry (default: host name and process id).
+    #[arg(long, env = "HERALD_NODE_ID")]
+    pub node_id: Option<String>,
 
     /// Store: a `postgres://` URL for PostgreSQL, or a `sqlite:` URL; unset means the
     /// SQLite file at --sqlite-path. A store that cannot be opened stops startup.
@@ -218,10 +231,8 @@ pub enum ConfigError {
     PublicKey { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Key(#[from] herald_auth::KeyError),
-    #[error(
-        "{name} is set but this Herald version has no {what} backend yet; unset it to run single-node with the embedded defaults"
-    )]
-    Unsupported { name: &'static str, what: &'static str },
+    #[error("REDIS_URL must start with redis:// or rediss://")]
+    RedisUrl,
     #[error("invalid CORS_ORIGIN {0:?}")]
     Cors(String),
     #[error("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")]
@@ -280,6 +291,8 @@ pub struct Settings {
     pub inbox: crate::inbox::InboxSettings,
     /// Recent events kept per topic for returning clients.
     pub history: herald_core::HistoryConfig,
+    /// The Redis broker (`REDIS_URL`); `None` runs single-node on the memory broker.
+    pub redis: Option<herald_redis::RedisConfig>,
 }
 
 impl Settings {
@@ -309,6 +322,7 @@ impl Settings {
             store: StoreSettings::SqliteMemory,
             inbox: crate::inbox::InboxSettings::default(),
             history: herald_core::HistoryConfig::default(),
+            redis: None,
         }
     }
 }
@@ -337,8 +351,17 @@ impl Config {
 
     /// Resolves the runtime settings; in development mode fills in missing secrets.
     pub fn resolve(&self) -> Result<(Settings, Generated), ConfigError> {
-        if self.redis_url.as_deref().is_some_and(|url| !url.is_empty()) {
-            return Err(ConfigError::Unsupported { name: "REDIS_URL", what: "Redis broker" });
+        let redis = self.redis_url.as_deref().filter(|url| !url.is_empty()).map(|url| {
+            let node_id = self.node_id.clone().filter(|id| !id.is_empty()).unwrap_or_else(default_node_id);
+            let mut config = herald_redis::RedisConfig::new(url, node_id);
+            config.prefix = self.redis_prefix.clone();
+            config.seed_prefix = Some(self.seed_channel_prefix.clone()).filter(|prefix| !prefix.is_empty());
+            config
+        });
+        if let Some(redis) = &redis
+            && !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::RedisUrl);
         }
         let store = match self.database_url.as_deref().filter(|url| !url.is_empty()) {
             Some(url) => StoreSettings::from_url(url, self.database_schema.clone())?,
@@ -414,9 +437,20 @@ impl Config {
                 max_age: self.history_ttl.max(Duration::from_secs(1)),
                 max_topics: self.history_max_topics.max(1),
             },
+            redis,
         };
         Ok((settings, generated))
     }
+}
+
+/// `{host}-{pid}`: unique among nodes on one machine and readable in the registry.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "herald".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -11,6 +11,7 @@
 //! hanging it; nothing sleeps to synchronise.
 
 mod node;
+pub mod process;
 mod sse;
 mod ws;
 

@@ -2,13 +2,12 @@
 //! precedence, token minting and SIGTERM.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use herald_testkit::process::Server;
 use herald_testkit::{Ended, WsClient};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Environment variables that would change what these tests expect.
 const CLEARED: &[&str] = &[
@@ -100,11 +99,14 @@ async fn refuses_to_start_without_a_secret_outside_development_mode() {
 }
 
 #[tokio::test]
-async fn refuses_backends_it_does_not_have_rather_than_falling_back() {
+async fn an_unreachable_or_malformed_redis_stops_startup_rather_than_running_single_node() {
     let (code, _, stderr) =
         output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "redis://127.0.0.1:1")).await;
     assert_ne!(code, 0);
-    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    let (code, _, stderr) = output(herald().args(["--dev"]).env("PORT", "0").env("REDIS_URL", "http://x")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("REDIS_URL must start with redis://"), "{stderr}");
 }
 
 #[tokio::test]
@@ -188,33 +190,8 @@ async fn token_subcommand_mints_a_verifiable_jwt() {
     assert!(stderr.contains("JWT_SECRET"), "{stderr}");
 }
 
-/// A running `herald` process and what it printed at startup.
-struct Server {
-    child: Child,
-    port: u16,
-    banner: Vec<String>,
-}
-
-/// Starts `command` and reads its stdout (banner and logs) until the listening line.
-async fn start(mut command: Command) -> Server {
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("PORT", "0");
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let port = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("local_addr=").nth(1) {
-                let address: std::net::SocketAddr = rest.trim().trim_matches('"').parse().unwrap();
-                return address.port();
-            }
-            banner.push(line);
-        }
-        panic!("herald exited before listening: {banner:?}");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server { child, port, banner }
+async fn start(command: Command) -> Server {
+    Server::start(command).await
 }
 
 fn banner_value(banner: &[String], key: &str) -> String {

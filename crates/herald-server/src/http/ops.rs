@@ -44,6 +44,19 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The cluster's figures as the broker's registry last saw them (this node alone with
+/// the memory broker).
+fn cluster_json(state: &AppState) -> serde_json::Value {
+    match state.broker.cluster() {
+        None => json!({"nodes": 1, "totalConnections": state.hub.stats().connections}),
+        Some(nodes) => json!({
+            "nodes": nodes.len(),
+            "totalConnections": nodes.iter().map(|node| node.connections).sum::<u64>(),
+            "members": nodes,
+        }),
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.hub.stats();
@@ -60,6 +73,7 @@ pub async fn community_health(State(state): State<AppState>) -> Json<serde_json:
     Json(json!({
         "success": true,
         "data": {
+            "cluster": cluster_json(&state),
             "websocket": {
                 "totalConnections": stats.connections,
                 "uniqueUsers": stats.unique_users,
@@ -76,4 +90,37 @@ pub async fn community_health(State(state): State<AppState>) -> Json<serde_json:
             "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         }
     }))
+}
+
+/// `GET /api/users/{user}/presence` (API key): where the user is connected, across the
+/// cluster with the Redis broker, on this node otherwise.
+pub async fn presence(
+    State(state): State<AppState>,
+    headers: http::HeaderMap,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, super::ApiError> {
+    super::publish::require_api_key(&state, &headers)?;
+    let user = herald_core::UserId::parse(&user).map_err(|error| {
+        super::ApiError::bad_request(herald_core::ErrorCode::InvalidPayload, format!("userId: {error}"))
+    })?;
+    let presence = match state.broker.presence(&user).await {
+        Ok(Some(presence)) => presence,
+        Ok(None) => {
+            let connections = state.hub.connections_of(&user) as u64;
+            let node = "local".to_owned();
+            herald_core::UserPresence {
+                online: connections > 0,
+                connections,
+                nodes: if connections > 0 { vec![node] } else { Vec::new() },
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "presence unavailable");
+            return Err(super::ApiError::from_code(
+                herald_core::ErrorCode::BrokerUnavailable,
+                "presence is unavailable while the broker is",
+            ));
+        }
+    };
+    Ok(Json(json!({"success": true, "userId": user.as_str(), "presence": presence})))
 }

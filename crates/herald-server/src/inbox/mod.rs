@@ -524,6 +524,7 @@ impl Writer {
     /// Publishes with the inbox's push mark held, so registering sessions see it either
     /// before or after (see [`Inbox::register`]).
     async fn publish_at(&self, publication: Publication, id: i64) {
+        let fallback = publication.clone();
         let sent = {
             let mut published = self.inbox.published.lock();
             // The memory broker delivers inside `publish`; the future only reports.
@@ -532,8 +533,16 @@ impl Writer {
             sent
         };
         if let Err(error) = sent.await {
-            tracing::warn!(%error, "notification push refused by the broker");
+            self.deliver_locally(fallback, &error);
         }
+    }
+
+    /// The broker could not take a push (Redis away): this node's sessions still get it,
+    /// without a stream position; other nodes' devices get it from the store when they
+    /// next connect.
+    fn deliver_locally(&self, publication: Publication, error: &herald_core::BrokerError) {
+        tracing::warn!(%error, "broker unavailable: notification push delivered on this node only");
+        self.hub.dispatch(&publication.topics, Arc::new(Delivery::new(publication.event)));
     }
 
     /// Reads the users' counts from the store into the cache; false if the store failed.
@@ -567,8 +576,8 @@ impl Writer {
         for (user, count) in counts {
             let Ok(user) = UserId::parse(&user) else { continue };
             let publication = Publication::new(vec![Topic::user(&user)], count_event(count));
-            if let Err(error) = self.broker.publish(publication).await {
-                tracing::warn!(%error, "unread count push refused by the broker");
+            if let Err(error) = self.broker.publish(publication.clone()).await {
+                self.deliver_locally(publication, &error);
             }
         }
     }

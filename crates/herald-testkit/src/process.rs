@@ -1,0 +1,134 @@
+//! Processes as a user runs them: `herald` nodes and a private `redis-server`, each
+//! stopped by its own PID (never a shared service).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to start listening.
+const START_WAIT: Duration = Duration::from_secs(30);
+
+/// A running `herald` process and what it printed before listening.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub banner: Vec<String>,
+}
+
+impl Server {
+    /// Starts `command` (with `PORT=0`) and reads its stdout until the listening line.
+    pub async fn start(mut command: Command) -> Server {
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("PORT", "0").kill_on_drop(true);
+        let mut child = command.spawn().expect("herald starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let mut banner = Vec::new();
+        let port = tokio::time::timeout(START_WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("stdout readable") {
+                if let Some(rest) = line.split("local_addr=").nth(1) {
+                    let address: std::net::SocketAddr = rest.trim().trim_matches('"').parse().expect("an address");
+                    return address.port();
+                }
+                banner.push(line);
+            }
+            panic!("herald exited before listening: {banner:?}");
+        })
+        .await
+        .expect("herald listens in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, port, banner }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id()?;
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        tokio::time::timeout(START_WAIT, self.child.wait()).await.ok()?.ok()?.code()
+    }
+}
+
+/// A private `redis-server` on a free loopback port, without persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer { child: None, port };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        while !self.answers().await {
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether a PING gets PONG.
+    pub async fn answers(&self) -> bool {
+        let Ok(Ok(mut stream)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(("127.0.0.1", self.port)))
+                .await
+        else {
+            return false;
+        };
+        if stream.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply)).await, Ok(Ok(_)) if &reply == b"+PONG\r\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL by PID.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts again on the same port, empty (no persistence).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port()
+}

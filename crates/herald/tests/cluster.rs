@@ -1,0 +1,354 @@
+//! Several `herald` processes sharing one Redis: fan-out across nodes, seed 000/004's
+//! Redis channels, recovery after a node dies, Redis outages and an emptied Redis.
+//! Every test starts its own `redis-server` on a free port and stops it by its PID.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use herald_auth::{Signer, TokenSpec};
+use herald_testkit::process::{RedisServer, Server};
+use herald_testkit::{SseClient, WsClient};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const SECRET: &str = "cluster-secret";
+const API_KEY: &str = "cluster-key";
+
+fn token(user: &str) -> String {
+    Signer::secret(SECRET.as_bytes()).mint(&TokenSpec::new(user)).unwrap()
+}
+
+fn scratch_database(node: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("herald-cluster-test-{}-{node}-{}.db", std::process::id(), rand_suffix()))
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A node of the cluster on `redis`, with extra environment.
+async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    for name in ["DATABASE_URL", "HERALD_ENV", "NODE_ENV", "HERALD_DEV", "HERALD_CONFIG", "METRICS_ENABLED"] {
+        command.env_remove(name);
+    }
+    command
+        .env("HOST", "127.0.0.1")
+        .env("LOG_LEVEL", "info")
+        .env("JWT_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("REDIS_URL", redis.url())
+        .env("HERALD_NODE_ID", id)
+        .env("HERALD_SQLITE_PATH", scratch_database(id));
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    Server::start(command).await
+}
+
+async fn publish(server: &Server, body: Value) -> (u16, Value) {
+    let response =
+        reqwest::Client::new().post(server.http("/api/publish")).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn publish_ok(server: &Server, body: Value) -> Value {
+    let (status, body) = publish(server, body).await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new().get(server.http(path)).bearer_auth(API_KEY).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let output = Command::new("redis-cli").args(["-p", &redis.port().to_string()]).args(args).output().await.unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Polls until `condition` holds, at most `within`: for state only observable from
+/// outside (a node noticing Redis is back), never as a stand-in for an event.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn is_ready(server: &Server) -> bool {
+    get(server, "/ready").await.0 == 200
+}
+
+/// Waits until every node sees all of them in the registry.
+async fn until_registered(nodes: &[&Server]) {
+    for server in nodes {
+        eventually("every node is in the registry", Duration::from_secs(10), || async {
+            get(server, "/api/community/ws/health").await.1["data"]["cluster"]["nodes"] == nodes.len()
+        })
+        .await;
+    }
+}
+
+async fn ws(server: &Server, user: &str, query: &str) -> WsClient {
+    let mut client = WsClient::connect(&server.ws(&format!("/ws?token={}{query}", token(user)))).await.unwrap();
+    client.next_event("connected").await;
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_any_node_reaches_every_transport_on_every_node_once() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a", &[]).await;
+    let b = node(&redis, "b", &[]).await;
+    let mut on_a = ws(&a, "alice", "").await;
+    let mut on_b = ws(&b, "alice", "").await;
+    let mut sse_b = SseClient::connect(&b.http("/events"), Some(&token("alice"))).await.unwrap();
+    assert_eq!(sse_b.next().await.event, "connected");
+    let mut sio_b = herald_testkit::NodeClient::start(
+        "sio-driver.mjs",
+        &[
+            ("HERALD_URL", b.http("/")),
+            ("SIO_OPTIONS", json!({"auth": {"token": token("alice")}, "transports": ["websocket"]}).to_string()),
+        ],
+    );
+    sio_b.event("connected").await;
+    eventually("both nodes subscribed to alice's topic", Duration::from_secs(5), || async {
+        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:user:alice"]).await.ends_with('2')
+    })
+    .await;
+
+    for (n, from) in [&a, &b].into_iter().enumerate() {
+        let published =
+            publish_ok(from, json!({"topics": ["user:alice", "global"], "event": "hello", "data": {"n": n}})).await;
+        for client in [&mut on_a, &mut on_b] {
+            let frame = client.next_json().await;
+            assert_eq!((&frame["type"], &frame["payload"]["n"]), (&json!("hello"), &json!(n)));
+            assert_eq!((&frame["epoch"], &frame["offset"]), (&published["epoch"], &published["offset"]));
+        }
+        let event = sse_b.next().await;
+        assert_eq!(event.id, format!("{}:{}", published["epoch"].as_str().unwrap(), published["offset"]));
+        assert_eq!(sio_b.event("hello").await[0]["n"], n);
+    }
+    // Each event arrived once although it was published to two topics: the next frame
+    // on each socket is the marker, not a second copy.
+    publish_ok(&a, json!({"topic": "user:alice", "event": "marker"})).await;
+    assert_eq!(on_a.next_json().await["type"], "marker");
+    assert_eq!(on_b.next_json().await["type"], "marker");
+
+    // Nodes subscribe in Redis only to topics with local subscribers.
+    on_b.send_json(json!({"type": "subscribe", "payload": {"topic": "channel:only-b"}})).await;
+    assert_eq!(on_b.next_json().await["type"], "subscribed");
+    eventually("b subscribed to the channel", Duration::from_secs(5), || async {
+        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('1')
+    })
+    .await;
+    publish_ok(&a, json!({"topic": "channel:only-b", "event": "news"})).await;
+    assert_eq!(on_b.next_json().await["type"], "news");
+    on_b.send_json(json!({"type": "unsubscribe", "payload": {"topic": "channel:only-b"}})).await;
+    assert_eq!(on_b.next_json().await["type"], "unsubscribed");
+    eventually("nobody subscribed to the channel any more", Duration::from_secs(5), || async {
+        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('0')
+    })
+    .await;
+
+    // Cluster-wide figures and presence.
+    until_registered(&[&a, &b]).await;
+    let (_, health) = get(&a, "/api/community/ws/health").await;
+    eventually("the registry counts every connection", Duration::from_secs(5), || async {
+        get(&a, "/api/community/ws/health").await.1["data"]["cluster"]["totalConnections"] == 4
+    })
+    .await;
+    assert_eq!(health["data"]["websocket"]["totalConnections"], 1, "this node's own figure stays local");
+    eventually("alice is present on both nodes", Duration::from_secs(5), || async {
+        let (_, body) = get(&a, "/api/users/alice/presence").await;
+        body["presence"] == json!({"online": true, "connections": 4, "nodes": ["a", "b"]})
+    })
+    .await;
+    let (_, nobody) = get(&b, "/api/users/nobody/presence").await;
+    assert_eq!(nobody["presence"]["online"], false);
+    let metrics = reqwest::get(a.http("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_cluster_nodes 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_and_004_producers_publishing_to_redis_reach_clients_unchanged() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, "a", &[]).await;
+    let b = node(&redis, "b", &[]).await;
+    let mut user = ws(&b, "42", "").await;
+    let mut channel = ws(&a, "reader", "").await;
+    channel.send_json(json!({"type": "subscribe", "payload": {"topic": "channel:sports"}})).await;
+    assert_eq!(channel.next_json().await["type"], "subscribed");
+    // One node (the lease holder) listens to the seed channels.
+    eventually("a node listens to the seed channels", Duration::from_secs(10), || async {
+        redis_cli(&redis, &["PUBSUB", "NUMPAT"]).await == "2"
+    })
+    .await;
+
+    let notification = json!({"id": "n1", "type": "NEW_FOLLOWER", "title": "<b>Hi</b>", "data": {"from": 7}});
+    assert_eq!(redis_cli(&redis, &["PUBLISH", "notifications:user:42", "not json {"]).await, "1");
+    redis_cli(&redis, &["PUBLISH", "notifications:user:42", &notification.to_string()]).await;
+    redis_cli(&redis, &["PUBLISH", "notifications:channel:sports", r#"{"score":"1-0"}"#]).await;
+    redis_cli(&redis, &["PUBLISH", "notifications:global", r#"{"maintenance":true}"#]).await;
+
+    let frame = user.next_json().await;
+    assert_eq!(
+        (&frame["type"], &frame["payload"]),
+        (&json!("notification"), &notification),
+        "the bad message was skipped"
+    );
+    assert!(frame["offset"].as_u64().is_some(), "seed messages get positions like any other: {frame}");
+    assert_eq!(user.next_json().await["payload"], json!({"maintenance": true}));
+    assert_eq!(channel.next_json().await["payload"], json!({"score": "1-0"}));
+    assert_eq!(channel.next_json().await["payload"], json!({"maintenance": true}));
+
+    let mut malformed = 0;
+    for server in [&a, &b] {
+        let metrics = reqwest::get(server.http("/metrics")).await.unwrap().text().await.unwrap();
+        malformed += metrics
+            .lines()
+            .find(|line| line.starts_with("herald_seed_channel_messages_total{result=\"malformed\"}"))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(malformed, 1, "the malformed message was counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_leaves_local_service_up_refuses_publishes_with_503_and_heals_by_itself() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis, "a", &[]).await;
+    let b = node(&redis, "b", &[]).await;
+    let mut on_a = ws(&a, "carol", "").await;
+    let mut on_b = ws(&b, "carol", "").await;
+    eventually("both nodes ready", Duration::from_secs(5), || async { is_ready(&a).await && is_ready(&b).await }).await;
+
+    redis.kill().await;
+    for server in [&a, &b] {
+        eventually("the node reports not ready", Duration::from_secs(5), || async { !is_ready(server).await }).await;
+    }
+    let (status, body) = publish(&a, json!({"topic": "user:carol", "event": "lost"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "BROKER_UNAVAILABLE");
+    // Local connections are served: commands are answered, and a notification created
+    // on this node reaches this node's session.
+    on_a.send_json(json!({"type": "ping"})).await;
+    assert_eq!(on_a.next_json().await["type"], "pong");
+    let created = reqwest::Client::new()
+        .post(a.http("/api/notifications"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"userId": "carol", "type": "ALERT", "payload": {"during": "outage"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(on_a.next_event("notification:new").await["payload"], json!({"during": "outage"}));
+    let metrics = reqwest::get(a.http("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_broker_outages_total 1"), "{metrics}");
+
+    redis.restart().await;
+    let back = tokio::time::Instant::now();
+    for server in [&a, &b] {
+        eventually("the node is ready again", Duration::from_secs(2), || async { is_ready(server).await }).await;
+    }
+    eprintln!("both nodes ready {:?} after Redis answered", back.elapsed());
+    // Resubscribed: a publish on one node reaches the other's session again.
+    publish_ok(&a, json!({"topic": "user:carol", "event": "healed"})).await;
+    assert_eq!(on_b.next_event("healed").await, json!({}));
+}
+
+/// The position of a frame, as a client keeps it.
+fn position_of(frame: &Value) -> String {
+    format!("{}:{}", frame["epoch"].as_str().unwrap(), frame["offset"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_reconnect_elsewhere_and_miss_nothing() {
+    const TOTAL: u64 = 300;
+    let redis = RedisServer::start().await;
+    let history = [("HERALD_HISTORY_SIZE", "1000")];
+    let mut a = node(&redis, "a", &history).await;
+    let b = node(&redis, "b", &history).await;
+    until_registered(&[&a, &b]).await;
+    let mut client = ws(&a, "dave", "").await;
+    eventually("dave is present on a", Duration::from_secs(5), || async {
+        get(&b, "/api/users/dave/presence").await.1["presence"]["nodes"] == json!(["a"])
+    })
+    .await;
+
+    // A producer publishes through b the whole time.
+    let publisher_url = b.http("/api/publish");
+    let producer = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for n in 0..TOTAL {
+            let body = json!({"topic": "user:dave", "event": "seq", "data": {"n": n}});
+            let response = http.post(&publisher_url).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut received = Vec::new();
+    let mut last = String::new();
+    while received.len() < 50 {
+        let frame = client.next_json().await;
+        received.push(frame["payload"]["n"].as_u64().unwrap());
+        last = position_of(&frame);
+    }
+    a.kill().await;
+    drop(client);
+
+    let mut client = ws(&b, "dave", &format!("&since={last}")).await;
+    let mut recovered = None;
+    while received.len() < TOTAL as usize {
+        let frame = client.next_json().await;
+        if frame["type"] == "recovered" {
+            recovered = Some(frame["payload"].clone());
+            continue;
+        }
+        received.push(frame["payload"]["n"].as_u64().unwrap());
+    }
+    producer.await.unwrap();
+    assert_eq!(recovered.expect("a recovered frame")["recovered"], true);
+    assert_eq!(received, (0..TOTAL).collect::<Vec<_>>(), "every message once, in order");
+
+    // The dead node's presence expires with its heartbeat.
+    eventually("the dead node is forgotten", Duration::from_secs(15), || async {
+        let (_, body) = get(&b, "/api/users/dave/presence").await;
+        body["presence"]["nodes"] == json!(["b"])
+    })
+    .await;
+    until_registered(&[&b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_redis_starts_a_new_epoch_and_old_positions_are_not_recovered() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis, "a", &[]).await;
+    let mut client = ws(&a, "erin", "").await;
+    publish_ok(&a, json!({"topic": "user:erin", "event": "before"})).await;
+    let before = client.next_json().await;
+    drop(client);
+
+    redis.restart().await;
+    eventually("the node is ready again", Duration::from_secs(2), || async { is_ready(&a).await }).await;
+    let after = publish_ok(&a, json!({"topic": "user:erin", "event": "after"})).await;
+    assert_ne!(after["epoch"], before["epoch"], "a new epoch");
+    assert_eq!(after["offset"], 1, "offsets start again");
+
+    let mut back = ws(&a, "erin", &format!("&since={}", position_of(&before))).await;
+    let frame = back.next_json().await;
+    assert_eq!(frame["type"], "recovered", "nothing of the new epoch is passed off as missed: {frame}");
+    assert_eq!(frame["payload"]["recovered"], false);
+    assert_eq!(frame["payload"]["epoch"], after["epoch"]);
+}
