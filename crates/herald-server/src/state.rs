@@ -178,8 +178,14 @@ impl AppState {
     }
 
     /// [`AppState::catch_up`] by session id.
+    ///
+    /// With a broker spanning nodes, another node's writer may push a notification at any
+    /// time, so this node's mark does not bound what the device missed: the catch-up waits
+    /// until the user's topic reaches this node, then gives everything stored after the
+    /// device's position (a notification pushed meanwhile may arrive twice, never not at all).
     pub fn catch_up_session(&self, id: SessionId, principal: Principal, through: i64, after: Option<i64>) {
-        if through <= after.unwrap_or(0) {
+        let clustered = self.broker.cluster().is_some();
+        if !clustered && through <= after.unwrap_or(0) {
             // Nothing was ever pushed up to the mark (or past `Last-Event-ID`): nothing to
             // look up, so connections cost the store nothing until the inbox is used.
             return;
@@ -188,9 +194,18 @@ impl AppState {
         // Catch-up must fit the session's queue beside live events.
         let limit = (self.settings.session_queue.min(self.settings.socketio_buffer) / 2).max(1) as u32;
         self.tasks.spawn(async move {
+            let catch_up = async {
+                let through = if clustered {
+                    state.broker.subscribed(&[Topic::user(&principal.user_id)]).await;
+                    crate::inbox::EVERYTHING
+                } else {
+                    through
+                };
+                state.inbox.catch_up(&state.hub, id, &principal, through, after, limit).await
+            };
             tokio::select! {
                 _ = state.shutdown.cancelled() => {}
-                _ = state.inbox.catch_up(&state.hub, id, &principal, through, after, limit) => {}
+                _ = catch_up => {}
             }
         });
     }

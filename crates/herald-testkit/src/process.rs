@@ -65,19 +65,48 @@ impl Server {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra `redis-server` arguments, e.g. `["--requirepass", "secret"]`.
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { child: None, port };
+        let mut server =
+            RedisServer { child: None, port, extra: extra.iter().map(|arg| arg.to_string()).collect(), tls: false };
+        server.launch().await;
+        server
+    }
+
+    /// TLS only (`rediss://`), with the given PEM files; clients are not asked for certificates.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let extra = vec![
+            "--tls-cert-file".to_owned(),
+            cert.display().to_string(),
+            "--tls-key-file".to_owned(),
+            key.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = RedisServer { child: None, port, extra, tls: true };
         server.launch().await;
         server
     }
 
     async fn launch(&mut self) {
+        let port = self.port.to_string();
+        let ports: [&str; 4] =
+            if self.tls { ["--port", "0", "--tls-port", &port] } else { ["--port", &port, "--tls-port", "0"] };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -91,7 +120,7 @@ impl RedisServer {
         }
     }
 
-    /// Whether a PING gets PONG.
+    /// Whether a PING gets PONG (or, with a password set, the refusal that proves it listens).
     pub async fn answers(&self) -> bool {
         let Ok(Ok(mut stream)) =
             tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(("127.0.0.1", self.port)))
@@ -99,11 +128,15 @@ impl RedisServer {
         else {
             return false;
         };
+        if self.tls {
+            // Listening is all that can be seen without a TLS client.
+            return true;
+        }
         if stream.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
         let mut reply = [0u8; 7];
-        matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply)).await, Ok(Ok(_)) if &reply == b"+PONG\r\n")
+        matches!(tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply)).await, Ok(Ok(_)) if &reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
     }
 
     pub fn url(&self) -> String {

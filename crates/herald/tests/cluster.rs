@@ -352,3 +352,111 @@ async fn an_emptied_redis_starts_a_new_epoch_and_old_positions_are_not_recovered
     assert_eq!(frame["payload"]["recovered"], false);
     assert_eq!(frame["payload"]["epoch"], after["epoch"]);
 }
+
+async fn notify(server: &Server, user: &str, payload: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(server.http("/api/notifications"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"userId": user, "type": "ALERT", "payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["notification"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_on_postgresql_serves_a_device_on_any_node_live_and_after_being_offline() {
+    let redis = RedisServer::start().await;
+    let schema = herald_testkit::TestSchema::new();
+    let store = [("DATABASE_URL", schema.url.as_str()), ("HERALD_DATABASE_SCHEMA", schema.name.as_str())];
+    let a = node(&redis, "a", &store).await;
+    let b = node(&redis, "b", &store).await;
+
+    // Created on a while frank is offline: his device gets it when it connects to b.
+    let offline = notify(&a, "frank", json!({"n": 1})).await;
+    let mut on_b = ws(&b, "frank", "").await;
+    let caught_up = on_b.next_event("notification:new").await;
+    assert_eq!(caught_up["id"], offline["id"]);
+
+    // Created on a while frank is on b: pushed live through Redis.
+    let live = notify(&a, "frank", json!({"n": 2})).await;
+    loop {
+        let event = on_b.next_event("notification:new").await;
+        if event["id"] == live["id"] {
+            break;
+        }
+        assert_eq!(event["id"], offline["id"], "only a duplicate of the first may come between: {event}");
+    }
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_redis_url_is_used_and_a_wrong_one_stops_startup() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]).await;
+    let with_password = format!("redis://:s3cret@127.0.0.1:{}", redis.port());
+    let a = node(&redis, "a", &[("REDIS_URL", &with_password)]).await;
+    eventually("the node is ready", Duration::from_secs(5), || async { is_ready(&a).await }).await;
+    let mut client = ws(&a, "gina", "").await;
+    publish_ok(&a, json!({"topic": "user:gina", "event": "through-redis"})).await;
+    assert_eq!(client.next_json().await["type"], "through-redis");
+
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_remove("DATABASE_URL")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("JWT_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("REDIS_URL", &wrong)
+        .env("HERALD_SQLITE_PATH", scratch_database("wrong"));
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    assert!(!stderr.contains("wrong@"), "the password is not printed: {stderr}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`.
+async fn certificates(dir: &std::path::Path) {
+    let script = r#"
+set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=herald-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.crt 2>/dev/null
+"#;
+    let status = Command::new("sh").arg("-c").arg(script).current_dir(dir).status().await.unwrap();
+    assert!(status.success(), "openssl made the certificates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls_and_verify_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path()).await;
+    let redis = RedisServer::start_tls(&dir.path().join("server.crt"), &dir.path().join("server.key")).await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port());
+    let ca = dir.path().join("ca.crt").display().to_string();
+    // The CA is trusted through the system trust store's standard override.
+    let a = node(&redis, "a", &[("REDIS_URL", &url), ("SSL_CERT_FILE", &ca)]).await;
+    eventually("the node is ready", Duration::from_secs(5), || async { is_ready(&a).await }).await;
+    let mut client = ws(&a, "hank", "").await;
+    publish_ok(&a, json!({"topic": "user:hank", "event": "over-tls"})).await;
+    assert_eq!(client.next_json().await["type"], "over-tls");
+
+    // Without the CA the certificate is not trusted and startup fails.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("SSL_CERT_FILE")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("JWT_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("REDIS_URL", &url)
+        .env("HERALD_SQLITE_PATH", scratch_database("untrusted"));
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
+    assert!(!output.status.success(), "an untrusted certificate is refused");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach Redis"));
+}

@@ -249,7 +249,8 @@ impl Inbox {
         let ids: Vec<i64> = missed.iter().map(|n| n.id).collect();
         // When the limit cut the list, the device's position stops at the last one given,
         // so the rest come with its next connection or `notification:get-pending`.
-        let position = if missed.len() == limit as usize { ids.last().copied().unwrap_or(through) } else { through };
+        let last_given = ids.last().copied().unwrap_or(through);
+        let position = if missed.len() == limit as usize || through == EVERYTHING { last_given } else { through };
         // Recorded before anything is pushed, so that the device's next connection, however
         // soon, starts after these.
         let user_id = principal.user_id.clone();
@@ -298,6 +299,11 @@ impl Inbox {
         }
     }
 }
+
+/// A catch-up mark meaning "everything stored": with several nodes, pushes come from
+/// every node's writer, so no node's own mark bounds them; the device's position then
+/// moves only to the last notification given.
+pub const EVERYTHING: i64 = i64::MAX;
 
 /// A session registered through the inbox.
 pub struct Joined {
