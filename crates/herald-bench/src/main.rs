@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use client::{Connection, Protocol, Target, failure_reason, open};
-use procstat::{CpuWindow, rss_bytes};
+use procstat::{CpuWindow, rss_of};
 use recorder::{Recorder, now_nanos};
 
 #[derive(Parser)]
@@ -51,7 +51,8 @@ enum Scenario {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Base URL of the server under test.
+    /// Base URL of the server under test; several (comma-separated) for a cluster, with
+    /// connections spread over them in turn. Publishes go to the first.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     #[arg(long, value_enum, default_value = "ws")]
@@ -68,9 +69,13 @@ struct Common {
     /// Bearer key for POST /api/publish.
     #[arg(long, env = "HERALD_API_KEY", default_value = "")]
     api_key: String,
-    /// PID of the server, for its CPU and memory.
+    /// PID of the server, for its CPU and memory; several (comma-separated) for a cluster,
+    /// summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// PID of Redis, to report its CPU beside the servers'.
     #[arg(long)]
-    server_pid: Option<u32>,
+    redis_pid: Option<u32>,
     /// Source addresses to spread connections over (comma-separated), e.g. 127.0.0.1,127.0.0.2.
     #[arg(long, value_delimiter = ',')]
     sources: Vec<IpAddr>,
@@ -126,7 +131,7 @@ struct ChurnArgs {
 }
 
 struct Env {
-    target: Target,
+    targets: Vec<Target>,
     signer: Signer,
     common: Common,
     http: reqwest::Client,
@@ -137,13 +142,22 @@ struct Env {
 
 impl Env {
     fn new(common: &Common) -> anyhow::Result<Self> {
-        let url: reqwest::Url = common.url.parse()?;
-        let host = format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port_or_known_default().unwrap_or(80));
-        let address: SocketAddr =
-            host.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
-        anyhow::ensure!(address.ip().is_loopback(), "load tests target loopback addresses only, not {address}");
+        let mut targets = Vec::new();
+        for base in common.url.split(',').map(str::trim).filter(|base| !base.is_empty()) {
+            let url: reqwest::Url = base.parse()?;
+            let host =
+                format!("{}:{}", url.host_str().unwrap_or("127.0.0.1"), url.port_or_known_default().unwrap_or(80));
+            let address: SocketAddr =
+                host.to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+            anyhow::ensure!(address.ip().is_loopback(), "load tests target loopback addresses only, not {address}");
+            targets.push(Target { protocol: common.protocol, address, host, ws_path: common.ws_path.clone() });
+        }
+        anyhow::ensure!(!targets.is_empty(), "--url names no server");
+        let mut common = common.clone();
+        common.url = common.url.split(',').next().unwrap_or_default().trim().to_owned();
+        let common = &common;
         Ok(Self {
-            target: Target { protocol: common.protocol, address, host, ws_path: common.ws_path.clone() },
+            targets,
             signer: Signer::secret(common.secret.as_bytes()),
             common: common.clone(),
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
@@ -163,8 +177,17 @@ impl Env {
         (!self.common.sources.is_empty()).then(|| self.common.sources[index % self.common.sources.len()])
     }
 
-    fn pid(&self) -> Option<String> {
-        self.common.server_pid.map(|pid| pid.to_string())
+    /// The server node a connection goes to.
+    fn target(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
+    }
+
+    fn pids(&self) -> Vec<String> {
+        self.common.server_pid.iter().map(u32::to_string).collect()
+    }
+
+    fn cpu_window(&self) -> CpuWindow {
+        CpuWindow::start(&self.pids(), self.common.redis_pid.map(|pid| pid.to_string()).as_deref())
     }
 
     async fn publish(&self, topic: &str, seq: u64, pad: &str) -> anyhow::Result<()> {
@@ -201,7 +224,7 @@ async fn open_many(env: &Arc<Env>, first: usize, count: usize, subscribe: bool, 
         let recorder = recorder.clone();
         tasks.spawn(async move {
             let token = env.token(&format!("user{index}"));
-            let opening = open(&env.target, &token, subscribe, env.source(index), recorder, index);
+            let opening = open(env.target(index), &token, subscribe, env.source(index), recorder, index);
             match tokio::time::timeout(Duration::from_secs(30), opening).await {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!("timed out")),
@@ -311,9 +334,9 @@ async fn close_all(connections: &mut [Connection]) {
 
 async fn scenario_connect(args: ConnectArgs) -> anyhow::Result<Value> {
     let env = Arc::new(Env::new(&args.common)?);
-    let pid = env.pid();
+    let pids = env.pids();
     let recorder = Arc::new(Recorder::default());
-    let rss_before = pid.as_deref().and_then(rss_bytes);
+    let rss_before = rss_of(&pids);
     let mut all = Vec::new();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut failures = BTreeMap::new();
@@ -330,11 +353,11 @@ async fn scenario_connect(args: ConnectArgs) -> anyhow::Result<Value> {
         all.extend(batch.connections);
         // Let the server finish registering before reading its memory.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        readings.push(json!({"connections": all.len(), "rss_bytes": pid.as_deref().and_then(rss_bytes)}));
+        readings.push(json!({"connections": all.len(), "rss_bytes": rss_of(&pids)}));
     }
     let ramp_seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
-    let rss_held = pid.as_deref().and_then(rss_bytes);
+    let rss_held = rss_of(&pids);
     let marginal = match (readings.first(), readings.last()) {
         (Some(a), Some(b)) if readings.len() > 1 => {
             let connections = b["connections"].as_f64().unwrap_or(0.0) - a["connections"].as_f64().unwrap_or(0.0);
@@ -381,6 +404,7 @@ fn fanout_result(
         "deliveries_per_second": delivered as f64 / cpu.wall_seconds.max(1e-9),
         "latency": recorder.latency(),
         "server_cpu_us_per_delivery": cpu.server_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "redis_cpu_us_per_delivery": cpu.redis_cpu_seconds.map(|s| s * 1e6 / (delivered.max(1) as f64)),
         "loadgen_cpu_us_per_delivery": cpu.loadgen_cpu_seconds * 1e6 / (delivered.max(1) as f64),
         "cpu": cpu,
     });
@@ -419,7 +443,7 @@ async fn scenario_fanout(args: FanoutArgs, kind: Kind) -> anyhow::Result<Value> 
     recorder.reset();
 
     let expected = if unicast { args.messages } else { args.messages * connections };
-    let window = CpuWindow::start(env.pid().as_deref());
+    let window = env.cpu_window();
     let failed = publish_all(&env, args.messages, args.msg_rate, args.publishers, args.pad, topic_of).await;
     await_deliveries(&recorder, expected, Duration::from_secs(5)).await;
     let cpu = window.stop();
@@ -443,13 +467,13 @@ async fn scenario_fanout(args: FanoutArgs, kind: Kind) -> anyhow::Result<Value> 
 async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
     let fanout = &args.fanout;
     let env = Arc::new(Env::new(&fanout.common)?);
-    let pid = env.pid();
+    let pids = env.pids();
     let recorder = Arc::new(Recorder::default());
     let churn_recorder = Arc::new(Recorder::default());
     let mut stable = open_many(&env, 0, fanout.connections, true, &recorder).await;
     anyhow::ensure!(stable.failures.is_empty(), "connections failed: {:?}", stable.failures);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_baseline = pid.as_deref().and_then(rss_bytes);
+    let rss_baseline = rss_of(&pids);
 
     let churn_failures = Arc::new(parking_lot::Mutex::new(BTreeMap::<String, u64>::new()));
     let churned = Arc::new(AtomicU64::new(0));
@@ -469,7 +493,7 @@ async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
                     (env.clone(), churn_recorder.clone(), churn_failures.clone(), churned.clone());
                 tasks.spawn(async move {
                     let token = env.token(&format!("churn{index}"));
-                    match open(&env.target, &token, true, env.source(index), churn_recorder, index).await {
+                    match open(env.target(index), &token, true, env.source(index), churn_recorder, index).await {
                         Ok(mut connection) => {
                             tokio::time::sleep(life).await;
                             connection.close();
@@ -485,7 +509,7 @@ async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
     };
     let connections = fanout.connections as u64;
     let expected = fanout.messages * connections;
-    let window = CpuWindow::start(pid.as_deref());
+    let window = env.cpu_window();
     let failed = publish_all(
         &env,
         fanout.messages,
@@ -502,7 +526,7 @@ async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
     close_all(&mut stable.connections).await;
     // Give the server a moment to release what the closed connections held.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = pid.as_deref().and_then(rss_bytes);
+    let rss_after = rss_of(&pids);
     let failures = churn_failures.lock().clone();
     Ok(fanout_result(
         "churn",

@@ -25,6 +25,18 @@ pub fn rss_bytes(pid: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Summed CPU seconds of several processes (a cluster's nodes); `None` if none is readable.
+pub fn cpu_seconds_of(pids: &[String]) -> Option<f64> {
+    let readings: Vec<f64> = pids.iter().filter_map(|pid| cpu_seconds(pid)).collect();
+    (!readings.is_empty()).then(|| readings.iter().sum())
+}
+
+/// Summed resident set size of several processes.
+pub fn rss_of(pids: &[String]) -> Option<u64> {
+    let readings: Vec<u64> = pids.iter().filter_map(|pid| rss_bytes(pid)).collect();
+    (!readings.is_empty()).then(|| readings.iter().sum())
+}
+
 /// Busy and total jiffies of the whole machine.
 fn machine_jiffies() -> Option<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
@@ -37,8 +49,10 @@ fn machine_jiffies() -> Option<(u64, u64)> {
 /// CPU used between two points in time by the server, this process and the machine.
 #[derive(Debug, Clone)]
 pub struct CpuWindow {
-    server_pid: Option<String>,
+    server_pids: Vec<String>,
     server_start: f64,
+    redis_pid: Option<String>,
+    redis_start: f64,
     own_start: f64,
     machine_start: (u64, u64),
     started: Instant,
@@ -48,8 +62,11 @@ pub struct CpuWindow {
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct CpuUse {
     pub wall_seconds: f64,
-    /// Server CPU seconds (user + system).
+    /// Server CPU seconds (user + system), summed over every node.
     pub server_cpu_seconds: f64,
+    /// Redis CPU seconds, when its PID was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_seconds: Option<f64>,
     /// Load generator CPU seconds.
     pub loadgen_cpu_seconds: f64,
     /// Whole-machine busy fraction, 0..=1 (over all cores).
@@ -57,10 +74,12 @@ pub struct CpuUse {
 }
 
 impl CpuWindow {
-    pub fn start(server_pid: Option<&str>) -> Self {
+    pub fn start(server_pids: &[String], redis_pid: Option<&str>) -> Self {
         Self {
-            server_pid: server_pid.map(str::to_owned),
-            server_start: server_pid.and_then(cpu_seconds).unwrap_or(0.0),
+            server_pids: server_pids.to_vec(),
+            server_start: cpu_seconds_of(server_pids).unwrap_or(0.0),
+            redis_pid: redis_pid.map(str::to_owned),
+            redis_start: redis_pid.and_then(cpu_seconds).unwrap_or(0.0),
             own_start: cpu_seconds("self").unwrap_or(0.0),
             machine_start: machine_jiffies().unwrap_or((0, 0)),
             started: Instant::now(),
@@ -73,7 +92,8 @@ impl CpuWindow {
         let total = machine.1.saturating_sub(self.machine_start.1).max(1) as f64;
         CpuUse {
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            server_cpu_seconds: self.server_pid.as_deref().and_then(cpu_seconds).unwrap_or(0.0) - self.server_start,
+            server_cpu_seconds: cpu_seconds_of(&self.server_pids).unwrap_or(0.0) - self.server_start,
+            redis_cpu_seconds: self.redis_pid.as_deref().and_then(cpu_seconds).map(|now| now - self.redis_start),
             loadgen_cpu_seconds: cpu_seconds("self").unwrap_or(0.0) - self.own_start,
             machine_busy: busy / total,
         }
