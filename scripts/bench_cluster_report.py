@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns scripts/bench-cluster results into docs/benchmarks-cluster.md.
 
-usage: bench_cluster_report.py RESULTS.jsonl OUTPUT.md COMMAND IDLE_PER_NODE
+usage: bench_cluster_report.py RESULTS.jsonl OUTPUT.md COMMAND IDLE_PER_NODE CLUSTER_WORKERS
 Exits 1 when a run lost messages, failed connections or did not finish (so the CI profile
 fails loudly); the figures themselves are never asserted.
 """
@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 
-results_path, output_path, command, idle_per_node = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+results_path, output_path, command = sys.argv[1], sys.argv[2], sys.argv[3]
+idle_per_node, cluster_workers = int(sys.argv[4]), sys.argv[5]
 runs = [json.loads(line) for line in open(results_path) if line.strip()]
 problems = []
 lines = []
@@ -43,6 +44,7 @@ out("")
 out("`herald-*` is one Herald node on the memory broker; `cluster-*` is three Herald nodes on one private Redis, "
     "subscribers spread over the three in turn, every message published through node 1's `POST /api/publish`, "
     "so each reaches the other nodes through Redis. Server CPU is summed over the nodes; Redis CPU is shown apart. "
+    f"Each cluster node runs {cluster_workers} tokio worker thread(s) (`TOKIO_WORKER_THREADS`), the single node one per core. "
     "Figures are medians over the rounds; the ratio is the cluster's server CPU per delivery over the single node's, "
     "measured in the same rounds.")
 out("")

@@ -84,11 +84,13 @@ pub struct HistoryConfig {
     /// Most topics with history on one node (memory broker only); the least recently
     /// published is forgotten first.
     pub max_topics: usize,
+    /// Most events kept in all on one node (memory broker only); the oldest go first.
+    pub max_events: usize,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { size: 100, max_age: Duration::from_secs(300), max_topics: 100_000 }
+        Self { size: 100, max_age: Duration::from_secs(300), max_topics: 100_000, max_events: 100_000 }
     }
 }
 
@@ -130,6 +132,9 @@ struct TopicHistory {
 struct State {
     offset: u64,
     topics: HashMap<Topic, TopicHistory>,
+    /// Every entry appended, oldest first, to keep `max_events`; an entry already trimmed
+    /// from its topic is skipped when it comes up.
+    order: VecDeque<(u64, Topic)>,
     /// The highest `top` of any forgotten topic: a client behind it may have missed
     /// events of a topic no longer known.
     forgotten_through: u64,
@@ -157,7 +162,12 @@ impl MemoryHistory {
         Self {
             config,
             epoch: new_epoch(),
-            state: Mutex::new(State { offset: 0, topics: HashMap::new(), forgotten_through: 0 }),
+            state: Mutex::new(State {
+                offset: 0,
+                topics: HashMap::new(),
+                order: VecDeque::new(),
+                forgotten_through: 0,
+            }),
             started: tokio::time::Instant::now(),
         }
     }
@@ -197,6 +207,16 @@ impl MemoryHistory {
                 }
                 history.top = offset;
                 history.last_ms = now;
+                state.order.push_back((offset, topic.clone()));
+            }
+            while state.order.len() > self.config.max_events.max(1) {
+                let Some((oldest, topic)) = state.order.pop_front() else { break };
+                if let Some(history) = state.topics.get_mut(&topic)
+                    && history.entries.front().is_some_and(|entry| entry.offset == oldest)
+                {
+                    history.entries.pop_front();
+                    history.trimmed_through = oldest;
+                }
             }
         } else {
             // No history: remember only that the topics moved on, so recovery says so.
@@ -338,6 +358,20 @@ mod tests {
         assert!(!history.recover(&[topic("channel:a")], &other, 10).recovered);
         let future = Position::new(start.epoch.clone(), 99);
         assert!(!history.recover(&[topic("channel:a")], &future, 10).recovered);
+    }
+
+    #[test]
+    fn the_node_wide_event_cap_trims_the_oldest_events_first() {
+        let history = MemoryHistory::new(HistoryConfig { max_events: 3, ..HistoryConfig::default() });
+        let start = publish(&history, &["channel:a"], 1);
+        publish(&history, &["channel:b"], 2);
+        publish(&history, &["channel:b"], 3);
+        assert!(history.recover(&[topic("channel:a")], &start, 10).recovered, "three events fit");
+        let before = Position::new(start.epoch.clone(), 0);
+        assert_eq!(numbers(&history.recover(&[topic("channel:a")], &before, 10)), vec![1]);
+        publish(&history, &["channel:c"], 4);
+        assert!(!history.recover(&[topic("channel:a")], &before, 10).recovered, "event 1 made room");
+        assert_eq!(numbers(&history.recover(&[topic("channel:b"), topic("channel:c")], &start, 10)), vec![2, 3, 4]);
     }
 
     #[test]

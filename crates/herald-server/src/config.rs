@@ -36,6 +36,7 @@ pub mod defaults {
     pub const HISTORY_SIZE: usize = 100;
     pub const HISTORY_TTL: &str = "5m";
     pub const HISTORY_MAX_TOPICS: usize = 100_000;
+    pub const HISTORY_MAX_EVENTS: usize = 100_000;
 }
 
 /// Everything `herald serve` can be told. Each flag also reads the environment variable
@@ -146,6 +147,10 @@ pub struct Config {
     /// Most topics with history kept in memory by one node (memory broker).
     #[arg(long, env = "HERALD_HISTORY_MAX_TOPICS", default_value_t = defaults::HISTORY_MAX_TOPICS)]
     pub history_max_topics: usize,
+
+    /// Most events kept in memory for returning clients, all topics together (memory broker).
+    #[arg(long, env = "HERALD_HISTORY_MAX_EVENTS", default_value_t = defaults::HISTORY_MAX_EVENTS)]
+    pub history_max_events: usize,
 
     /// Allowed CORS origin(s), comma-separated; `*` allows any.
     #[arg(long, env = "CORS_ORIGIN", default_value = "*")]
@@ -436,6 +441,7 @@ impl Config {
                 size: self.history_size,
                 max_age: self.history_ttl.max(Duration::from_secs(1)),
                 max_topics: self.history_max_topics.max(1),
+                max_events: self.history_max_events.max(1),
             },
             redis,
         };
