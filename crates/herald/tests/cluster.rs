@@ -391,6 +391,23 @@ async fn the_inbox_on_postgresql_serves_a_device_on_any_node_live_and_after_bein
     schema.drop_schema().await;
 }
 
+/// Starts a node on `redis_url` that must fail to start; returns what it printed on stderr.
+async fn startup_failure(redis_url: &str) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("SSL_CERT_FILE")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("JWT_SECRET", SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("REDIS_URL", redis_url)
+        .env("HERALD_SQLITE_PATH", scratch_database("refused"));
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
+    assert!(!output.status.success(), "the node started on {redis_url}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_in_redis_url_is_used_and_a_wrong_one_stops_startup() {
     let redis = RedisServer::start_with(&["--requirepass", "s3cret"]).await;
@@ -401,19 +418,7 @@ async fn a_password_in_redis_url_is_used_and_a_wrong_one_stops_startup() {
     publish_ok(&a, json!({"topic": "user:gina", "event": "through-redis"})).await;
     assert_eq!(client.next_json().await["type"], "through-redis");
 
-    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .env_remove("DATABASE_URL")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("JWT_SECRET", SECRET)
-        .env("HERALD_API_KEY", API_KEY)
-        .env("REDIS_URL", &wrong)
-        .env("HERALD_SQLITE_PATH", scratch_database("wrong"));
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = startup_failure(&format!("redis://:wrong@127.0.0.1:{}", redis.port())).await;
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
     assert!(!stderr.contains("wrong@"), "the password is not printed: {stderr}");
 }
@@ -446,17 +451,6 @@ async fn rediss_urls_connect_over_tls_and_verify_the_server() {
     assert_eq!(client.next_json().await["type"], "over-tls");
 
     // Without the CA the certificate is not trusted and startup fails.
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command
-        .env_remove("DATABASE_URL")
-        .env_remove("SSL_CERT_FILE")
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("JWT_SECRET", SECRET)
-        .env("HERALD_API_KEY", API_KEY)
-        .env("REDIS_URL", &url)
-        .env("HERALD_SQLITE_PATH", scratch_database("untrusted"));
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await.unwrap().unwrap();
-    assert!(!output.status.success(), "an untrusted certificate is refused");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach Redis"));
+    let stderr = startup_failure(&url).await;
+    assert!(stderr.contains("cannot reach Redis"), "an untrusted certificate is refused: {stderr}");
 }

@@ -165,3 +165,18 @@ async fn the_official_socketio_client_recovers_by_itself() {
     assert_eq!(sio.kind("connect").await["recovered"], false);
     assert_eq!(sio.event("recovered").await[0]["recovered"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_can_name_its_position_in_auth() {
+    let gateway = TestGateway::spawn().await;
+    let since = publish_at(&gateway, "user:named", "seen", 0).await;
+    publish_at(&gateway, "user:named", "missed", 1).await;
+    let (epoch, offset) = since.rsplit_once(':').unwrap();
+    for recover in [json!(since), json!({"epoch": epoch, "offset": offset.parse::<u64>().unwrap()})] {
+        let auth = json!({"token": gateway.token("named"), "recover": recover});
+        let mut sio = driver(&gateway, "/", json!({"auth": auth, "transports": ["websocket"]}));
+        assert_eq!(sio.event("missed").await[0]["n"], 1, "{recover}");
+        let recovered = sio.event("recovered").await;
+        assert_eq!((recovered[0]["recovered"].clone(), recovered[0]["missed"].clone()), (json!(true), json!(1)));
+    }
+}
