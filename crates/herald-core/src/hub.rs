@@ -553,6 +553,11 @@ impl Hub {
         }
     }
 
+    /// Every user with sessions on this node, with how many.
+    pub fn user_counts(&self) -> Vec<(UserId, usize)> {
+        self.inner.users.lock().iter().map(|(user, count)| (user.clone(), *count)).collect()
+    }
+
     /// How many sessions the user has on this node.
     pub fn connections_of(&self, user: &UserId) -> usize {
         self.inner.users.lock().get(user).copied().unwrap_or(0)

@@ -132,8 +132,8 @@ impl Keys {
 
 #[derive(Default)]
 struct Subscriptions {
-    /// Channel → topic, for every topic with local subscribers.
-    wanted: HashMap<String, Topic>,
+    /// The channels of every topic with local subscribers.
+    wanted: HashSet<String>,
     /// Channels confirmed on the current subscriber connection.
     active: HashSet<String>,
 }
@@ -168,8 +168,6 @@ struct Inner {
     /// Users whose local connection count changed since the last presence write.
     presence_dirty: Mutex<HashMap<UserId, usize>>,
     presence_changed: Notify,
-    /// Every local user's connection count, to rewrite presence after an outage.
-    local_users: Mutex<HashMap<UserId, usize>>,
     resync_presence: AtomicBool,
     ingest: mpsc::Sender<(Topic, Box<RawValue>)>,
     shutdown: CancellationToken,
@@ -197,7 +195,7 @@ impl Interest for Interested {
         {
             let mut subscriptions = inner.subscriptions.lock();
             if subscribed {
-                subscriptions.wanted.insert(channel, topic.clone());
+                subscriptions.wanted.insert(channel);
             } else {
                 subscriptions.wanted.remove(&channel);
             }
@@ -207,14 +205,6 @@ impl Interest for Interested {
 
     fn user(&self, user: &UserId, connections: usize) {
         let Some(inner) = self.0.upgrade() else { return };
-        {
-            let mut local = inner.local_users.lock();
-            if connections == 0 {
-                local.remove(user);
-            } else {
-                local.insert(user.clone(), connections);
-            }
-        }
         inner.presence_dirty.lock().insert(user.clone(), connections);
         inner.presence_changed.notify_one();
     }
@@ -273,7 +263,6 @@ impl RedisBroker {
             cluster: RwLock::default(),
             presence_dirty: Mutex::default(),
             presence_changed: Notify::new(),
-            local_users: Mutex::default(),
             resync_presence: AtomicBool::new(true),
             ingest,
             shutdown,
@@ -481,9 +470,8 @@ impl Inner {
     ) -> redis::RedisResult<()> {
         let (add, remove): (Vec<String>, Vec<String>) = {
             let subscriptions = self.subscriptions.lock();
-            let add = subscriptions.wanted.keys().filter(|c| !subscriptions.active.contains(*c)).cloned().collect();
-            let remove =
-                subscriptions.active.iter().filter(|c| !subscriptions.wanted.contains_key(*c)).cloned().collect();
+            let add = subscriptions.wanted.iter().filter(|c| !subscriptions.active.contains(*c)).cloned().collect();
+            let remove = subscriptions.active.iter().filter(|c| !subscriptions.wanted.contains(*c)).cloned().collect();
             (add, remove)
         };
         for chunk in add.chunks(SUBSCRIBE_CHUNK) {
@@ -704,7 +692,7 @@ impl Inner {
             let resync = self.resync_presence.swap(false, Ordering::Relaxed);
             let changes: Vec<(UserId, usize)> = if resync {
                 self.presence_dirty.lock().clear();
-                self.local_users.lock().iter().map(|(user, count)| (user.clone(), *count)).collect()
+                self.hub.user_counts()
             } else {
                 self.presence_dirty.lock().drain().collect()
             };
@@ -758,20 +746,19 @@ impl Inner {
             .timed(redis::cmd("HGETALL").arg(self.keys.presence(user.as_str())).query_async(&mut connection))
             .await?;
         let live: HashSet<String> = self.cluster.read().iter().map(|node| node.id.clone()).collect();
+        // This node's own count is exact and may not be written yet; another node's counts
+        // only while its heartbeat is live (a dead node's stay until the lease holder cleans up).
+        let here = self.hub.connections_of(user) as u64;
         let mut nodes: Vec<String> = Vec::new();
-        let mut connections = 0;
+        let mut connections = here;
+        if here > 0 {
+            nodes.push(self.config.node_id.clone());
+        }
         for (node, count) in counts {
-            // A node that died keeps its entries until the lease holder cleans up; its
-            // missing heartbeat already makes them void. This node's own count is exact.
-            let count = if node == self.config.node_id { self.hub.connections_of(user) as u64 } else { count };
-            if count > 0 && (live.contains(&node) || node == self.config.node_id) {
+            if count > 0 && node != self.config.node_id && live.contains(&node) {
                 connections += count;
                 nodes.push(node);
             }
-        }
-        if !nodes.contains(&self.config.node_id) && self.hub.connections_of(user) > 0 {
-            connections += self.hub.connections_of(user) as u64;
-            nodes.push(self.config.node_id.clone());
         }
         nodes.sort();
         Ok(UserPresence { online: connections > 0, connections, nodes })

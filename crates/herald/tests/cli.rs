@@ -142,7 +142,7 @@ async fn a_notification_answered_2xx_survives_kill_9_on_sqlite_and_postgres() {
             }
             command
         };
-        let mut first = start(server(&store)).await;
+        let mut first = Server::start(server(&store)).await;
         let response = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/api/notifications", first.port))
             .bearer_auth("durable-key")
@@ -155,7 +155,7 @@ async fn a_notification_answered_2xx_survives_kill_9_on_sqlite_and_postgres() {
         // SIGKILL right after the answer: no shutdown, no flush.
         first.child.kill().await.unwrap();
 
-        let mut second = start(server(&store)).await;
+        let mut second = Server::start(server(&store)).await;
         let listed: serde_json::Value = reqwest::Client::new()
             .get(format!("http://127.0.0.1:{}/api/users/alice/notifications", second.port))
             .bearer_auth("durable-key")
@@ -190,10 +190,6 @@ async fn token_subcommand_mints_a_verifiable_jwt() {
     assert!(stderr.contains("JWT_SECRET"), "{stderr}");
 }
 
-async fn start(command: Command) -> Server {
-    Server::start(command).await
-}
-
 fn banner_value(banner: &[String], key: &str) -> String {
     banner
         .iter()
@@ -217,7 +213,7 @@ async fn publish(port: u16, key: &str, body: serde_json::Value) -> u16 {
 
 #[tokio::test]
 async fn development_mode_prints_a_working_token_and_sigterm_exits_cleanly() {
-    let mut server = start({
+    let mut server = Server::start({
         let mut command = herald();
         command.arg("--dev");
         command
@@ -247,7 +243,7 @@ async fn config_file_values_apply_and_flags_override_them() {
     std::fs::write(&path, "jwt_secret = \"file-secret\"\napi_key = \"file-key\"\nheartbeat_interval = 15000\n")
         .unwrap();
 
-    let mut server = start({
+    let mut server = Server::start({
         let mut command = herald();
         command.arg("--config").arg(&path);
         command
@@ -256,7 +252,7 @@ async fn config_file_values_apply_and_flags_override_them() {
     assert_eq!(publish(server.port, "file-key", json!({"topic": "global"})).await, 202);
     server.child.kill().await.unwrap();
 
-    let mut server = start({
+    let mut server = Server::start({
         let mut command = herald();
         command.arg("--config").arg(&path).args(["--api-key", "flag-key"]);
         command

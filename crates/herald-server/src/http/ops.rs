@@ -107,12 +107,8 @@ pub async fn presence(
         Ok(Some(presence)) => presence,
         Ok(None) => {
             let connections = state.hub.connections_of(&user) as u64;
-            let node = "local".to_owned();
-            herald_core::UserPresence {
-                online: connections > 0,
-                connections,
-                nodes: if connections > 0 { vec![node] } else { Vec::new() },
-            }
+            let nodes = if connections > 0 { vec!["local".to_owned()] } else { Vec::new() };
+            herald_core::UserPresence { online: connections > 0, connections, nodes }
         }
         Err(error) => {
             tracing::warn!(%error, "presence unavailable");
