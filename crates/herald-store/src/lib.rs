@@ -14,12 +14,16 @@
 //! - Times are milliseconds since the Unix epoch, chosen by the caller, so that both
 //!   backends store the same values.
 
+pub mod chat;
 mod postgres;
 mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use chat::{
+    ChatError, ChatStore, Member, Message, NewMessage, Posted, Reaction, Receipt, ReceiptChange, ReceiptKind,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -188,7 +192,8 @@ pub struct Retention {
     pub batch: u32,
 }
 
-/// Durable state: the notification inbox and per-device delivery positions.
+/// Durable state: the notification inbox and per-device delivery positions (and, through
+/// [`Store::chat`], conversations).
 ///
 /// Mutations are expected from one writer per node (the server's inbox task), which is
 /// what keeps ids increasing in commit order; reads may come from anywhere.
@@ -198,6 +203,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the database answers (for `/ready`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The same database's conversations (rooms, groups, chats).
+    fn chat(&self) -> &dyn ChatStore;
 
     /// Creates the notifications in one transaction, in order; ids increase in that order.
     fn create(&self, batch: Vec<NewNotification>) -> BoxFuture<'_, Result<Vec<Created>, StoreError>>;

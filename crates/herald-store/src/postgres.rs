@@ -18,14 +18,25 @@ use crate::{
 const POOL_SIZE: u32 = 8;
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "inbox".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_inbox.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "inbox".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0001_inbox.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "chat".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0002_chat.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
+
+crate::chat::chat_store!(PostgresStore);
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -117,6 +128,10 @@ impl PostgresStore {
 impl Store for PostgresStore {
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn chat(&self) -> &dyn crate::ChatStore {
+        self
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -22,14 +22,25 @@ use crate::{
 const POOL_SIZE: u32 = 4;
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "inbox".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/sqlite/0001_inbox.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "inbox".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0001_inbox.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "chat".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0002_chat.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
+
+crate::chat::chat_store!(SqliteStore);
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -145,6 +156,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn chat(&self) -> &dyn crate::ChatStore {
+        self
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

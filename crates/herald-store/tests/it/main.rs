@@ -83,9 +83,20 @@ conformance!(
     pending_follows_delivery_and_device_positions,
     prunes_by_age_and_count,
     answers_ping_and_max_id,
+    members_are_added_and_removed_once,
+    only_members_post_and_temp_ids_make_posting_idempotent,
+    replies_and_forwards_must_be_visible_to_the_author,
+    only_the_author_edits_or_deletes,
+    history_pages_newest_first_without_deleted_or_blocked,
+    receipts_move_forward_once_and_only_for_members,
+    reactions_are_stored_per_member_and_emoji,
+    blocks_are_per_user,
 );
 
+mod chat;
+
 mod cases {
+    pub use super::chat::*;
     use super::*;
 
     fn new(user: &str, kind: &str, at: i64) -> NewNotification {
