@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 //! Conformance cases for conversations: members, messages, receipts, reactions, blocks.
 
 use herald_store::{ChatError, NewMessage, ReceiptKind, Store};
@@ -164,7 +166,7 @@ pub async fn reactions_are_stored_per_member_and_emoji(store: &dyn Store) {
     room_with(store, &["alice", "bob"]).await;
     let posted = chat.post_message(message(ROOM, "alice", "react to me", 1)).await.unwrap().message;
     assert_eq!(chat.react("bob", posted.id, "👍", true, 2).await.unwrap(), (ROOM.to_string(), true));
-    assert_eq!(chat.react("bob", posted.id, "👍", true, 3).await.unwrap().1, false, "once per user and emoji");
+    assert!(!chat.react("bob", posted.id, "👍", true, 3).await.unwrap().1, "once per user and emoji");
     chat.react("alice", posted.id, "👍", true, 4).await.unwrap();
     chat.react("alice", posted.id, "🎉", true, 5).await.unwrap();
     assert!(matches!(chat.react("mallory", posted.id, "👍", true, 6).await, Err(ChatError::NotFound)));
