@@ -16,7 +16,8 @@ pub struct AccessDenied {
 ///
 /// - `user:{id}`: only the user themself, or a principal with the admin role.
 /// - `channel:{id}` and `global`: any authenticated principal.
-/// - `room:`, `group:`, `chat:`: need membership; until memberships exist these are refused.
+/// - `room:`, `group:`, `chat:`: need membership, which lives in the store: the server
+///   checks it and subscribes through `SessionGuard::subscribe_member`; here they are refused.
 pub fn check_subscribe(principal: &Principal, topic: &Topic) -> Result<(), AccessDenied> {
     match topic.kind() {
         TopicKind::User if topic.id() == principal.user_id.as_str() || principal.is_admin() => Ok(()),
@@ -63,7 +64,7 @@ mod tests {
     }
 
     #[test]
-    fn membership_topics_are_refused_for_now() {
+    fn membership_topics_are_refused_without_a_store_check() {
         let admin = principal("root", &["admin"]);
         for topic in ["room:1", "group:1", "chat:1"] {
             check(&admin, topic, Err(ErrorCode::MembershipRequired));

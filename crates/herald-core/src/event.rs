@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 
 use crate::history::Position;
+use crate::principal::UserId;
 
 /// The longest event name accepted, in bytes.
 pub const MAX_EVENT_NAME_LEN: usize = 100;
@@ -70,6 +71,22 @@ pub struct Event {
     position: Option<u64>,
     /// Where the event stands in the broker's stream (see `history`), once published.
     stream: Option<Position>,
+    /// The user whose action the event reports (a message's author, a typing user):
+    /// sessions of users who blocked them do not get it.
+    sender: Option<UserId>,
+    /// What every node's hub does besides delivering the event.
+    directive: Option<Arc<Directive>>,
+}
+
+/// Session state an event changes on every node, applied by the hub as it delivers
+/// (so it travels with the event, in order, through any broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Directive {
+    /// After delivering, unsubscribe this user's sessions from the event's topics (a
+    /// member was removed from a conversation).
+    Unsubscribe(UserId),
+    /// Replace the block list of this user's sessions (published on the user's topic).
+    Blocks { user: UserId, blocked: Arc<[UserId]> },
 }
 
 impl Event {
@@ -84,14 +101,28 @@ impl Event {
         } else {
             data
         };
-        Ok(Self { name: Arc::from(name), data: Arc::from(data), position: None, stream: None })
+        Ok(Self {
+            name: Arc::from(name),
+            data: Arc::from(data),
+            position: None,
+            stream: None,
+            sender: None,
+            directive: None,
+        })
     }
 
     /// An event Herald itself emits under a constant name it knows to be valid, with
     /// payload text it built (single-line JSON); skips the checks of [`Event::new`].
     pub fn internal(name: &'static str, data: Box<RawValue>) -> Self {
         debug_assert!(validate_event_name(name).is_ok(), "invalid internal event name {name:?}");
-        Self { name: Arc::from(name), data: Arc::from(data), position: None, stream: None }
+        Self {
+            name: Arc::from(name),
+            data: Arc::from(data),
+            position: None,
+            stream: None,
+            sender: None,
+            directive: None,
+        }
     }
 
     /// Builds an event from a serialisable value; for events Herald itself emits.
@@ -123,6 +154,27 @@ impl Event {
     /// The event's broker stream position, once published (see `history`).
     pub fn stream(&self) -> Option<&Position> {
         self.stream.as_ref()
+    }
+
+    /// The event as reported by `user` (see [`Event::sender`]).
+    pub fn from_sender(mut self, user: UserId) -> Self {
+        self.sender = Some(user);
+        self
+    }
+
+    /// The user whose action this event reports; sessions that blocked them skip it.
+    pub fn sender(&self) -> Option<&UserId> {
+        self.sender.as_ref()
+    }
+
+    /// The event with session state to change on delivery.
+    pub fn with_directive(mut self, directive: Directive) -> Self {
+        self.directive = Some(Arc::new(directive));
+        self
+    }
+
+    pub fn directive(&self) -> Option<&Directive> {
+        self.directive.as_deref()
     }
 
     /// The payload, exactly as it will appear on the wire.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessDenied, check_subscribe};
 use crate::error::{CloseReason, ErrorCode};
-use crate::event::Delivery;
+use crate::event::{Delivery, Directive};
 use crate::history::Position;
 use crate::metrics as m;
 use crate::principal::{Principal, UserId};
@@ -152,6 +152,9 @@ struct Gate {
     holding: AtomicBool,
     held: Mutex<Option<Box<Held>>>,
     max_held: usize,
+    /// The users this session's user blocked: what they send is not offered. `None`
+    /// until loaded (see [`SessionGuard::load_blocked`]).
+    blocked: RwLock<Option<Arc<[UserId]>>>,
 }
 
 #[derive(Default)]
@@ -164,6 +167,9 @@ struct Held {
 
 impl Outlet for Gate {
     fn offer(&self, delivery: &Arc<Delivery>) -> Result<(), OfferError> {
+        if self.refuses(delivery) {
+            return Ok(());
+        }
         if !self.holding.load(Ordering::Acquire) {
             return self.inner.offer(delivery);
         }
@@ -184,6 +190,12 @@ impl Outlet for Gate {
 }
 
 impl Gate {
+    /// Whether the delivery comes from a user this session blocked.
+    fn refuses(&self, delivery: &Delivery) -> bool {
+        let Some(sender) = delivery.event().sender() else { return false };
+        self.blocked.read().as_ref().is_some_and(|blocked| blocked.contains(sender))
+    }
+
     fn hold(&self) {
         let mut held = self.held.lock();
         held.get_or_insert_with(Default::default).holds += 1;
@@ -200,7 +212,7 @@ impl Gate {
             if let Some(position) = delivery.event().stream() {
                 held.given.insert(position.clone());
             }
-            if result.is_ok() {
+            if result.is_ok() && !self.refuses(delivery) {
                 result = self.inner.offer(delivery);
             }
         }
@@ -379,6 +391,7 @@ impl Hub {
             holding: AtomicBool::new(held),
             held: Mutex::new(held.then(|| Box::new(Held { holds: 1, ..Held::default() }))),
             max_held: self.inner.limits.max_held,
+            blocked: RwLock::new(None),
         });
         {
             let mut topics = self.inner.topics.write();
@@ -455,10 +468,12 @@ impl Hub {
         }
     }
 
-    fn subscribe(&self, id: SessionId, topic: Topic) -> Result<bool, SubscribeError> {
+    fn subscribe(&self, id: SessionId, topic: Topic, member: bool) -> Result<bool, SubscribeError> {
         let mut sessions = self.inner.sessions.write();
         let entry = sessions.get_mut(&id).ok_or(SubscribeError::Closed)?;
-        check_subscribe(&entry.principal, &topic)?;
+        if !(member && topic.kind().needs_membership()) {
+            check_subscribe(&entry.principal, &topic)?;
+        }
         if entry.topics.contains(&topic) {
             return Ok(false);
         }
@@ -527,10 +542,63 @@ impl Hub {
         for id in gone {
             self.remove(id);
         }
+        if let Some(directive) = delivery.event().directive() {
+            self.apply(topics, directive);
+        }
         let event_label = m::event_label(delivery.event().name());
         metrics::counter!(m::EVENTS_OUT, "event" => event_label).increment(delivered as u64);
         metrics::histogram!(m::PUBLISH_TO_ENQUEUE_SECONDS).record(delivery.accepted_instant().elapsed().as_secs_f64());
         delivered
+    }
+
+    /// Carries out a delivered event's directive on this node's sessions.
+    fn apply(&self, topics: &[Topic], directive: &Directive) {
+        match directive {
+            Directive::Unsubscribe(user) => {
+                for topic in topics {
+                    for id in self.sessions_of_on(user, topic) {
+                        self.unsubscribe(id, topic);
+                    }
+                }
+            }
+            Directive::Blocks { user, blocked } => {
+                let ids = self.sessions_of_on(user, &Topic::user(user));
+                let sessions = self.inner.sessions.read();
+                for id in ids {
+                    if let Some(entry) = sessions.get(&id) {
+                        *entry.outlet.blocked.write() = Some(blocked.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sessions of `user` subscribed to `topic`.
+    fn sessions_of_on(&self, user: &UserId, topic: &Topic) -> Vec<SessionId> {
+        let ids: Vec<SessionId> = self
+            .inner
+            .topics
+            .read()
+            .get(topic)
+            .map(|subscribers| subscribers.keys().copied().collect())
+            .unwrap_or_default();
+        let sessions = self.inner.sessions.read();
+        ids.into_iter().filter(|id| sessions.get(id).is_some_and(|entry| entry.principal.user_id == *user)).collect()
+    }
+
+    /// The users with a session on this node subscribed to `topic`, each once, sorted.
+    pub fn users_on(&self, topic: &Topic) -> Vec<UserId> {
+        let ids: Vec<SessionId> = self
+            .inner
+            .topics
+            .read()
+            .get(topic)
+            .map(|subscribers| subscribers.keys().copied().collect())
+            .unwrap_or_default();
+        let sessions = self.inner.sessions.read();
+        let users: BTreeSet<&str> =
+            ids.iter().filter_map(|id| sessions.get(id)).map(|entry| entry.principal.user_id.as_str()).collect();
+        users.into_iter().filter_map(|user| UserId::parse(user).ok()).collect()
     }
 
     /// Offers one event to one session only (e.g. notifications it missed while offline).
@@ -661,7 +729,27 @@ impl SessionGuard {
 
     /// Subscribes after checking access. `Ok(false)` when already subscribed.
     pub fn subscribe(&self, topic: Topic) -> Result<bool, SubscribeError> {
-        self.hub.subscribe(self.id, topic)
+        self.hub.subscribe(self.id, topic, false)
+    }
+
+    /// Subscribes to a conversation topic (`room:`, `group:`, `chat:`) whose membership
+    /// the caller has checked in the store; other topics get the usual access check.
+    pub fn subscribe_member(&self, topic: Topic) -> Result<bool, SubscribeError> {
+        self.hub.subscribe(self.id, topic, true)
+    }
+
+    /// Whether the session is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: &Topic) -> bool {
+        self.hub.inner.sessions.read().get(&self.id).is_some_and(|entry| entry.topics.contains(topic))
+    }
+
+    /// Sets the users this session's user blocked, as loaded from the store, unless a
+    /// newer list has already arrived through a [`Directive::Blocks`].
+    pub fn load_blocked(&self, blocked: Vec<UserId>) {
+        let mut current = self.gate.blocked.write();
+        if current.is_none() {
+            *current = Some(blocked.into());
+        }
     }
 
     /// `false` when the session was not subscribed.

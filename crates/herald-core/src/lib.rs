@@ -23,7 +23,7 @@ pub mod topic;
 pub use access::check_subscribe;
 pub use broker::{BoxFuture, Broker, BrokerError, MemoryBroker, NodeStats, Publication, UserPresence};
 pub use error::{CloseReason, ErrorCode};
-pub use event::{Delivery, Event, EventError, FormatSlot};
+pub use event::{Delivery, Directive, Event, EventError, FormatSlot};
 pub use history::{HistoryConfig, Position, Recovery};
 pub use hub::{Hold, Hub, Interest, OfferError, Outlet, SessionGuard, SessionId};
 pub use principal::{Principal, UserId};

@@ -24,6 +24,11 @@ pub enum TopicKind {
 }
 
 impl TopicKind {
+    /// Rooms, groups and chats: only their members subscribe.
+    pub fn needs_membership(self) -> bool {
+        matches!(self, TopicKind::Room | TopicKind::Group | TopicKind::Chat)
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             TopicKind::User => "user",

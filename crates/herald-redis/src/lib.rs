@@ -33,7 +33,8 @@ use herald_core::broker::{BoxFuture, NodeStats, UserPresence};
 use herald_core::history::new_epoch;
 use herald_core::metrics as m;
 use herald_core::{
-    Broker, BrokerError, Delivery, Event, HistoryConfig, Hub, Interest, Position, Publication, Recovery, Topic, UserId,
+    Broker, BrokerError, Delivery, Directive, Event, HistoryConfig, Hub, Interest, Position, Publication, Recovery, Topic,
+    UserId,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -333,6 +334,8 @@ impl Inner {
             event: Cow::Borrowed(publication.event.name()),
             topics: names.iter().map(|name| Cow::Borrowed(*name)).collect(),
             data: publication.event.data(),
+            from: publication.event.sender().map(|user| Cow::Borrowed(user.as_str())),
+            directive: publication.event.directive().map(WireDirective::of),
         })
         .map_err(broker_error)?;
         let history = &self.config.history;
@@ -533,7 +536,7 @@ impl Inner {
             last.offset = wire.offset;
             last.epoch.clone()
         };
-        let event = event_from(&wire.event, wire.data)?.at_stream(Position::new(epoch, wire.offset));
+        let event = event_from(&wire.event, wire.data, wire.from.as_deref(), wire.directive)?.at_stream(Position::new(epoch, wire.offset));
         let topics: Vec<Topic> = wire.topics.iter().filter_map(|name| Topic::parse(name).ok()).collect();
         self.hub.dispatch(&topics, Arc::new(Delivery::new(event)));
         Ok(())
@@ -774,6 +777,43 @@ struct Body<'a> {
     topics: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
+    /// The event's sender (see `Event::sender`).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    from: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    directive: Option<WireDirective>,
+}
+
+/// An `Event`'s directive as JSON: `{"unsubscribe": user}` or
+/// `{"blocks": {"user": user, "blocked": [users]}}`.
+#[derive(serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireDirective {
+    Unsubscribe(String),
+    Blocks { user: String, blocked: Vec<String> },
+}
+
+impl WireDirective {
+    fn of(directive: &Directive) -> Self {
+        match directive {
+            Directive::Unsubscribe(user) => WireDirective::Unsubscribe(user.as_str().to_owned()),
+            Directive::Blocks { user, blocked } => WireDirective::Blocks {
+                user: user.as_str().to_owned(),
+                blocked: blocked.iter().map(|user| user.as_str().to_owned()).collect(),
+            },
+        }
+    }
+
+    fn into_directive(self) -> Result<Directive, String> {
+        let user = |text: &str| UserId::parse(text).map_err(|error| error.to_string());
+        Ok(match self {
+            WireDirective::Unsubscribe(name) => Directive::Unsubscribe(user(&name)?),
+            WireDirective::Blocks { user: name, blocked } => Directive::Blocks {
+                user: user(&name)?,
+                blocked: blocked.iter().map(|name| user(name)).collect::<Result<Vec<_>, _>>()?.into(),
+            },
+        })
+    }
 }
 
 /// A Herald channel message: the body with its position in front.
@@ -788,10 +828,27 @@ struct Wire<'a> {
     topics: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    from: Option<Cow<'a, str>>,
+    #[serde(default)]
+    directive: Option<WireDirective>,
 }
 
-fn event_from(name: &str, data: &RawValue) -> Result<Event, String> {
-    Event::new(name, data.to_owned()).map_err(|error| error.to_string())
+/// Rebuilds an event from a channel message or history entry.
+fn event_from(
+    name: &str,
+    data: &RawValue,
+    from: Option<&str>,
+    directive: Option<WireDirective>,
+) -> Result<Event, String> {
+    let mut event = Event::new(name, data.to_owned()).map_err(|error| error.to_string())?;
+    if let Some(from) = from {
+        event = event.from_sender(UserId::parse(from).map_err(|error| error.to_string())?);
+    }
+    if let Some(directive) = directive {
+        event = event.with_directive(directive.into_directive()?);
+    }
+    Ok(event)
 }
 
 fn value_text(value: &redis::Value) -> Option<Cow<'_, str>> {
@@ -818,7 +875,7 @@ fn parse_recovery(reply: &[redis::Value], limit: usize) -> Result<Recovery, Stri
         let entry_offset: u64 = id.split('-').next().and_then(|n| n.parse().ok()).ok_or("entry id")?;
         let body = value_text(body).ok_or("entry body")?;
         let body: Body = serde_json::from_str(&body).map_err(|error| error.to_string())?;
-        let event = event_from(&body.event, body.data)?.at_stream(Position::new(epoch.clone(), entry_offset));
+        let event = event_from(&body.event, body.data, body.from.as_deref(), body.directive)?.at_stream(Position::new(epoch.clone(), entry_offset));
         events.push((entry_offset, event));
     }
     events.sort_by_key(|(offset, _)| *offset);

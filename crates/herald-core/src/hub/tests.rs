@@ -321,3 +321,80 @@ fn a_session_registered_held_gets_nothing_live_until_released() {
     hold.release(&[positioned("missed", 8)]);
     assert_eq!(outlet.names(), ["missed", "live", "direct"]);
 }
+
+fn from(name: &str, sender: &str) -> Arc<Delivery> {
+    let event = Event::from_value(name, &serde_json::json!({})).unwrap().from_sender(UserId::parse(sender).unwrap());
+    Arc::new(Delivery::new(event))
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+#[test]
+fn conversation_topics_need_a_membership_checked_subscribe() {
+    let hub = Hub::default();
+    let alice = hub.register(principal("alice"), "test", RecordingOutlet::new(10));
+    let room = topic("room:r1");
+    assert_eq!(alice.subscribe(room.clone()).unwrap_err().code(), ErrorCode::MembershipRequired);
+    assert!(alice.subscribe_member(room.clone()).unwrap());
+    assert!(alice.is_subscribed(&room));
+    assert_eq!(
+        alice.subscribe_member(topic("user:bob")).unwrap_err().code(),
+        ErrorCode::Forbidden,
+        "the member path does not open other kinds of topic"
+    );
+}
+
+#[test]
+fn sessions_skip_what_users_they_blocked_send() {
+    let hub = Hub::default();
+    let (alice_out, bob_out) = (RecordingOutlet::new(10), RecordingOutlet::new(10));
+    let alice = hub.register(principal("alice"), "test", alice_out.clone());
+    let bob = hub.register(principal("bob"), "test", bob_out.clone());
+    let room = topic("room:r1");
+    alice.subscribe_member(room.clone()).unwrap();
+    bob.subscribe_member(room.clone()).unwrap();
+    alice.load_blocked(vec![user("mallory")]);
+    hub.dispatch(std::slice::from_ref(&room), from("from-mallory", "mallory"));
+    hub.dispatch(std::slice::from_ref(&room), from("from-carol", "carol"));
+    assert_eq!(alice_out.names(), ["from-carol"]);
+    assert_eq!(bob_out.names(), ["from-mallory", "from-carol"], "a block is one user's");
+    // A newer list travels as a directive on the user's own topic; a late store load
+    // does not overwrite it.
+    let blocks = Directive::Blocks { user: user("alice"), blocked: Arc::from(vec![user("carol")]) };
+    let event = Event::from_value("block:updated", &serde_json::json!({})).unwrap().with_directive(blocks);
+    hub.dispatch(&[topic("user:alice")], Arc::new(Delivery::new(event)));
+    alice.load_blocked(vec![user("mallory")]);
+    hub.dispatch(std::slice::from_ref(&room), from("from-mallory", "mallory"));
+    hub.dispatch(std::slice::from_ref(&room), from("from-carol", "carol"));
+    assert_eq!(alice_out.names(), ["from-carol", "block:updated", "from-mallory"]);
+    drop(bob);
+}
+
+#[test]
+fn an_unsubscribe_directive_removes_one_users_sessions_after_delivery() {
+    let hub = Hub::default();
+    let (bob_phone, bob_laptop, carol_out) =
+        (RecordingOutlet::new(10), RecordingOutlet::new(10), RecordingOutlet::new(10));
+    let room = topic("room:r1");
+    let sessions: Vec<SessionGuard> = [("bob", &bob_phone), ("bob", &bob_laptop), ("carol", &carol_out)]
+        .into_iter()
+        .map(|(name, outlet)| {
+            let session = hub.register(principal(name), "test", outlet.clone());
+            session.subscribe_member(room.clone()).unwrap();
+            session
+        })
+        .collect();
+    assert_eq!(hub.users_on(&room), [user("bob"), user("carol")]);
+    let left = Event::from_value("chat:member-left", &serde_json::json!({}))
+        .unwrap()
+        .with_directive(Directive::Unsubscribe(user("bob")));
+    hub.dispatch(std::slice::from_ref(&room), Arc::new(Delivery::new(left)));
+    hub.dispatch(std::slice::from_ref(&room), delivery("after"));
+    assert_eq!(bob_phone.names(), ["chat:member-left"], "the removed member is told, then unsubscribed");
+    assert_eq!(bob_laptop.names(), ["chat:member-left"]);
+    assert_eq!(carol_out.names(), ["chat:member-left", "after"]);
+    assert!(!sessions[0].is_subscribed(&room) && sessions[2].is_subscribed(&room));
+    assert_eq!(hub.users_on(&room), [user("carol")]);
+}
