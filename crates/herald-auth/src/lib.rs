@@ -200,6 +200,7 @@ fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, AuthE
         roles,
         device: text("deviceId").or_else(|| text("device")),
         name: text("name"),
+        image: text("image").or_else(|| text("picture")),
         expires_at: claims.get("exp").and_then(Value::as_u64),
     })
 }

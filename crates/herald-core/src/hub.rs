@@ -89,6 +89,14 @@ pub trait Interest: Send + Sync + 'static {
     fn user(&self, _user: &UserId, _connections: usize) {}
 }
 
+/// Told when a user's first local session joins a conversation topic (`room:`,
+/// `group:`, `chat:`) or the last one leaves it, however it leaves (unsubscribed,
+/// disconnected, removed). Called with hub locks held: must not block and must not call
+/// into the hub.
+pub trait Attendance: Send + Sync + 'static {
+    fn changed(&self, topic: &Topic, principal: &Principal, present: bool);
+}
+
 /// A refused subscription.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -243,6 +251,9 @@ struct Inner {
     next_id: AtomicU64,
     started: tokio::time::Instant,
     interest: std::sync::OnceLock<Arc<dyn Interest>>,
+    /// Local sessions per user on each conversation topic, for [`Attendance`].
+    attendance_counts: Mutex<HashMap<(Topic, UserId), u32>>,
+    attendance: std::sync::OnceLock<Arc<dyn Attendance>>,
 }
 
 /// The registry of local sessions and subscriptions. Cheap to clone.
@@ -276,6 +287,8 @@ impl Hub {
                 next_id: AtomicU64::new(1),
                 started: tokio::time::Instant::now(),
                 interest: std::sync::OnceLock::new(),
+                attendance_counts: Mutex::default(),
+                attendance: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -297,6 +310,45 @@ impl Hub {
                 interest.user(user, *count);
             }
         }
+    }
+
+    /// Installs the listener told of conversation attendance (once; later calls are ignored).
+    pub fn set_attendance(&self, attendance: Arc<dyn Attendance>) {
+        let _first = self.inner.attendance.set(attendance);
+    }
+
+    /// Counts a session of `principal` joining or leaving a conversation topic.
+    fn attend(&self, topic: &Topic, principal: &Principal, joined: bool) {
+        if !topic.kind().needs_membership() {
+            return;
+        }
+        let mut counts = self.inner.attendance_counts.lock();
+        let key = (topic.clone(), principal.user_id.clone());
+        let changed = if joined {
+            let count = counts.entry(key).or_default();
+            *count += 1;
+            *count == 1
+        } else {
+            match counts.get_mut(&key) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    counts.remove(&key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed && let Some(attendance) = self.inner.attendance.get() {
+            attendance.changed(topic, principal, joined);
+        }
+    }
+
+    /// How many of `user`'s local sessions are subscribed to a conversation topic.
+    pub fn attendance_of(&self, topic: &Topic, user: &UserId) -> u32 {
+        self.inner.attendance_counts.lock().get(&(topic.clone(), user.clone())).copied().unwrap_or(0)
     }
 
     /// The topics with at least one local subscriber.
@@ -440,6 +492,9 @@ impl Hub {
                 self.remove_subscriber(&mut topics, topic, id);
             }
         }
+        for topic in &entry.topics {
+            self.attend(topic, &entry.principal, false);
+        }
         if let Some(expires_at) = entry.principal.expires_at {
             self.inner.expiries.lock().remove(&(expires_at, id));
         }
@@ -482,7 +537,8 @@ impl Hub {
         }
         entry.topics.insert(topic.clone());
         let outlet: Arc<dyn Outlet> = entry.outlet.clone();
-        self.add_subscriber(&mut self.inner.topics.write(), topic, id, outlet);
+        self.add_subscriber(&mut self.inner.topics.write(), topic.clone(), id, outlet);
+        self.attend(&topic, &entry.principal, true);
         Ok(true)
     }
 
@@ -495,6 +551,7 @@ impl Hub {
             return false;
         }
         self.remove_subscriber(&mut self.inner.topics.write(), topic, id);
+        self.attend(topic, &entry.principal, false);
         true
     }
 
@@ -549,6 +606,28 @@ impl Hub {
         metrics::counter!(m::EVENTS_OUT, "event" => event_label).increment(delivered as u64);
         metrics::histogram!(m::PUBLISH_TO_ENQUEUE_SECONDS).record(delivery.accepted_instant().elapsed().as_secs_f64());
         delivered
+    }
+
+    /// [`SessionGuard::subscribe_member`] by session id, for work finished after the
+    /// command that asked for it (a store lookup). `Ok(false)` when already subscribed.
+    pub fn subscribe_member(&self, id: SessionId, topic: Topic) -> Result<bool, SubscribeError> {
+        self.subscribe(id, topic, true)
+    }
+
+    /// [`SessionGuard::load_blocked`] by session id.
+    pub fn load_blocked(&self, id: SessionId, blocked: Vec<UserId>) {
+        let gate = self.inner.sessions.read().get(&id).map(|entry| entry.outlet.clone());
+        if let Some(gate) = gate {
+            let mut current = gate.blocked.write();
+            if current.is_none() {
+                *current = Some(blocked.into());
+            }
+        }
+    }
+
+    /// Unsubscribes a session by id; `false` when it was not subscribed.
+    pub fn unsubscribe_session(&self, id: SessionId, topic: &Topic) -> bool {
+        self.unsubscribe(id, topic)
     }
 
     /// Carries out a delivered event's directive on this node's sessions.
@@ -746,10 +825,7 @@ impl SessionGuard {
     /// Sets the users this session's user blocked, as loaded from the store, unless a
     /// newer list has already arrived through a [`Directive::Blocks`].
     pub fn load_blocked(&self, blocked: Vec<UserId>) {
-        let mut current = self.gate.blocked.write();
-        if current.is_none() {
-            *current = Some(blocked.into());
-        }
+        self.hub.load_blocked(self.id, blocked);
     }
 
     /// `false` when the session was not subscribed.

@@ -25,6 +25,6 @@ pub use broker::{BoxFuture, Broker, BrokerError, MemoryBroker, NodeStats, Public
 pub use error::{CloseReason, ErrorCode};
 pub use event::{Delivery, Directive, Event, EventError, FormatSlot};
 pub use history::{HistoryConfig, Position, Recovery};
-pub use hub::{Hold, Hub, Interest, OfferError, Outlet, SessionGuard, SessionId};
+pub use hub::{Attendance, Hold, Hub, Interest, OfferError, Outlet, SessionGuard, SessionId};
 pub use principal::{Principal, UserId};
 pub use topic::{Topic, TopicError, TopicKind};

@@ -19,6 +19,13 @@ pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
 pub const EVENTS_IN: &str = "herald_events_in_total";
 /// Counter, label `event`: events handed to sessions (one per recipient).
 pub const EVENTS_OUT: &str = "herald_events_out_total";
+/// Counter, label `event`: client events refused by their rate limit.
+pub const EVENTS_RATE_LIMITED: &str = "herald_events_rate_limited_total";
+/// Counter, label `event`: conversation events (messages, receipts, reactions, typing)
+/// Herald published.
+pub const CHAT_EVENTS: &str = "herald_chat_events_total";
+/// Counter: typing indicators Herald ended because the client did not renew them.
+pub const TYPING_EXPIRED: &str = "herald_typing_expired_total";
 /// Counter, label `code`: errors answered to clients.
 pub const ERRORS: &str = "herald_errors_total";
 /// Histogram, seconds: from an event entering the node to its last local enqueue.

@@ -45,6 +45,8 @@ pub struct Principal {
     pub device: Option<String>,
     /// Display name claim, when present; used by presence and chat events.
     pub name: Option<String>,
+    /// Avatar URL claim (`image` or `picture`), when present; seed 001's chat events carry it.
+    pub image: Option<String>,
     /// Token expiry as seconds since the Unix epoch; the session is closed then.
     pub expires_at: Option<u64>,
 }
@@ -52,7 +54,7 @@ pub struct Principal {
 impl Principal {
     /// A principal with no roles, device or expiry; convenient in tests and tools.
     pub fn new(user_id: UserId) -> Self {
-        Self { user_id, roles: Vec::new(), device: None, name: None, expires_at: None }
+        Self { user_id, roles: Vec::new(), device: None, name: None, image: None, expires_at: None }
     }
 
     pub fn has_role(&self, role: &str) -> bool {

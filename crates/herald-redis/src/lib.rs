@@ -33,8 +33,8 @@ use herald_core::broker::{BoxFuture, NodeStats, UserPresence};
 use herald_core::history::new_epoch;
 use herald_core::metrics as m;
 use herald_core::{
-    Broker, BrokerError, Delivery, Directive, Event, HistoryConfig, Hub, Interest, Position, Publication, Recovery, Topic,
-    UserId,
+    Broker, BrokerError, Delivery, Directive, Event, HistoryConfig, Hub, Interest, Position, Publication, Recovery,
+    Topic, UserId,
 };
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -536,7 +536,8 @@ impl Inner {
             last.offset = wire.offset;
             last.epoch.clone()
         };
-        let event = event_from(&wire.event, wire.data, wire.from.as_deref(), wire.directive)?.at_stream(Position::new(epoch, wire.offset));
+        let event = event_from(&wire.event, wire.data, wire.from.as_deref(), wire.directive)?
+            .at_stream(Position::new(epoch, wire.offset));
         let topics: Vec<Topic> = wire.topics.iter().filter_map(|name| Topic::parse(name).ok()).collect();
         self.hub.dispatch(&topics, Arc::new(Delivery::new(event)));
         Ok(())
@@ -875,7 +876,8 @@ fn parse_recovery(reply: &[redis::Value], limit: usize) -> Result<Recovery, Stri
         let entry_offset: u64 = id.split('-').next().and_then(|n| n.parse().ok()).ok_or("entry id")?;
         let body = value_text(body).ok_or("entry body")?;
         let body: Body = serde_json::from_str(&body).map_err(|error| error.to_string())?;
-        let event = event_from(&body.event, body.data, body.from.as_deref(), body.directive)?.at_stream(Position::new(epoch.clone(), entry_offset));
+        let event = event_from(&body.event, body.data, body.from.as_deref(), body.directive)?
+            .at_stream(Position::new(epoch.clone(), entry_offset));
         events.push((entry_offset, event));
     }
     events.sort_by_key(|(offset, _)| *offset);

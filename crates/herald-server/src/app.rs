@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::serve::ListenerExt;
 use herald_auth::Verifier;
 use herald_core::hub::HubLimits;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+use crate::chat::api as chat_api;
 use crate::config::{Settings, StoreSettings};
 use crate::http::{ApiError, ops, publish};
 use crate::inbox::{Inbox, api as inbox_api};
@@ -138,8 +139,10 @@ impl App {
             tasks,
             metrics: telemetry::prometheus(),
             started_at: Instant::now(),
+            chat: crate::chat::Chat::new(settings.typing_timeout),
             settings,
         }));
+        crate::chat::install(&state, &state.hub);
         let router = router(state.clone()).layer(cors(&state.settings.cors_origins));
         Ok(Self { state, router, listener, metrics_listener })
     }
@@ -273,6 +276,18 @@ pub fn router(state: AppState) -> Router {
             "/api/me/notifications/{id}",
             get(inbox_api::my_get).delete(inbox_api::my_delete).post(inbox_api::my_change),
         )
+        .route("/api/conversations/{topic}", put(chat_api::put_conversation))
+        .route("/api/conversations/{topic}/members", get(chat_api::members).post(chat_api::add_members))
+        .route("/api/conversations/{topic}/members/{user}", delete(chat_api::remove_member))
+        .route("/api/conversations/{topic}/messages", get(chat_api::messages))
+        .route("/api/conversations/{topic}/online", get(chat_api::online))
+        .route("/api/me/conversations", get(chat_api::my_conversations))
+        .route("/api/me/blocks", get(chat_api::my_blocks).post(chat_api::block))
+        .route("/api/me/blocks/{user}", delete(chat_api::unblock))
+        .route("/api/messages/{id}/receipts", get(chat_api::receipts))
+        .route("/api/messages/{id}/reactions", get(chat_api::reactions))
+        .route("/api/community/messages", get(chat_api::community_list).post(chat_api::community_post))
+        .route("/api/community/messages/{id}", patch(chat_api::community_edit).delete(chat_api::community_delete))
         .route("/ws", get(ws::canonical))
         .route("/api/community/ws", get(ws::community))
         .route("/events", get(sse::canonical))

@@ -180,6 +180,17 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_MAX_CONNECTIONS", default_value_t = defaults::RATE_LIMIT_MAX_CONNECTIONS)]
     pub rate_limit_max_connections: u32,
 
+    /// Client event rate limits per connection, overriding seed 003's defaults:
+    /// `event=count/duration` items separated by commas, e.g.
+    /// `message:new=60/1m,call:initiate=off` (docs/chat.md lists the events).
+    #[arg(long, env = "HERALD_RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
+
+    /// How long a typing indicator lasts without being renewed before Herald sends
+    /// `message:stop-typing` itself.
+    #[arg(long, env = "HERALD_TYPING_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub typing_timeout: Duration,
+
     /// Most concurrent connections on this node; further ones get 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -242,6 +253,8 @@ pub enum ConfigError {
     Cors(String),
     #[error("DATABASE_URL must start with postgres://, postgresql:// or sqlite:")]
     DatabaseUrl,
+    #[error("HERALD_RATE_LIMITS: {0}")]
+    RateLimits(String),
 }
 
 /// Where the store lives.
@@ -287,6 +300,9 @@ pub struct Settings {
     pub rate_limit_window: Duration,
     pub rate_limit_max_connections: u32,
     pub max_connections: usize,
+    /// Per-connection limits of client events.
+    pub event_limits: crate::limits::EventLimits,
+    pub typing_timeout: Duration,
     pub session_queue: usize,
     pub max_topics_per_session: usize,
     pub shutdown_timeout: Duration,
@@ -319,6 +335,8 @@ impl Settings {
             rate_limit_window: ms(defaults::RATE_LIMIT_WINDOW_MS),
             rate_limit_max_connections: defaults::RATE_LIMIT_MAX_CONNECTIONS,
             max_connections: defaults::MAX_CONNECTIONS,
+            event_limits: crate::limits::EventLimits::default(),
+            typing_timeout: Duration::from_secs(5),
             session_queue: defaults::SESSION_QUEUE,
             max_topics_per_session: defaults::MAX_TOPICS_PER_SESSION,
             shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
@@ -425,6 +443,8 @@ impl Config {
             rate_limit_window: ms(self.rate_limit_connection_window.max(1)),
             rate_limit_max_connections: self.rate_limit_max_connections,
             max_connections: self.max_connections,
+            event_limits: crate::limits::EventLimits::parse(&self.rate_limits).map_err(ConfigError::RateLimits)?,
+            typing_timeout: self.typing_timeout.max(Duration::from_millis(100)),
             session_queue: self.session_queue.max(1),
             max_topics_per_session: self.max_topics_per_session.max(2),
             shutdown_timeout: ms(self.shutdown_timeout),

@@ -43,6 +43,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
     pub started_at: Instant,
+    /// Node-local conversation state (typing indicators).
+    pub chat: crate::chat::Chat,
 }
 
 /// A cheap-to-clone handle on [`Shared`].
@@ -100,6 +102,7 @@ impl AppState {
         since: Option<Position>,
     ) -> crate::inbox::Joined {
         let mut joined = self.inbox.register(&self.hub, principal, transport, outlet, since.is_some());
+        crate::chat::load_blocks(self, &joined.session);
         if let (Some(hold), Some(since)) = (joined.hold.take(), since) {
             let topics = joined.session.topics();
             let state = self.clone();

@@ -27,6 +27,7 @@ const COMMUNITY_NAMES: &[(&str, &str)] = &[
     ("message:edit", "MESSAGE_EDIT"),
     ("message:delete", "MESSAGE_DELETE"),
     ("message:typing", "TYPING"),
+    ("message:stop-typing", "TYPING"),
     ("chat:member-joined", "USER_JOINED"),
     ("chat:member-left", "USER_LEFT"),
     ("pong", "PONG"),

@@ -398,3 +398,34 @@ fn an_unsubscribe_directive_removes_one_users_sessions_after_delivery() {
     assert!(!sessions[0].is_subscribed(&room) && sessions[2].is_subscribed(&room));
     assert_eq!(hub.users_on(&room), [user("carol")]);
 }
+
+#[derive(Default)]
+struct RecordingAttendance(Mutex<Vec<(String, String, bool)>>);
+
+impl Attendance for RecordingAttendance {
+    fn changed(&self, topic: &Topic, principal: &Principal, present: bool) {
+        self.0.lock().push((topic.to_string(), principal.user_id.to_string(), present));
+    }
+}
+
+#[test]
+fn attendance_reports_a_users_first_and_last_session_on_a_conversation() {
+    let hub = Hub::default();
+    let attendance = Arc::new(RecordingAttendance::default());
+    hub.set_attendance(attendance.clone());
+    let room = topic("room:r1");
+    let phone = hub.register(principal("bob"), "test", RecordingOutlet::new(10));
+    let laptop = hub.register(principal("bob"), "test", RecordingOutlet::new(10));
+    phone.subscribe_member(room.clone()).unwrap();
+    laptop.subscribe_member(room.clone()).unwrap();
+    phone.subscribe(topic("channel:c")).unwrap();
+    assert_eq!(hub.attendance_of(&room, &user("bob")), 2);
+    phone.unsubscribe(&room);
+    drop(laptop);
+    assert_eq!(
+        *attendance.0.lock(),
+        [("room:r1".to_string(), "bob".to_string(), true), ("room:r1".to_string(), "bob".to_string(), false)],
+        "one join and one leave for two devices; channels are not conversations"
+    );
+    assert_eq!(hub.attendance_of(&room, &user("bob")), 0);
+}

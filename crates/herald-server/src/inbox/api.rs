@@ -235,7 +235,7 @@ pub async fn list_of_user(
 }
 
 /// The principal of a user API request.
-fn user_of(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Principal, ApiError> {
+pub fn user_of(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Principal, ApiError> {
     state
         .authenticate(token_from_request(headers, query).as_deref())
         .map_err(|error| ApiError::from_code(error.code, error.message))

@@ -14,7 +14,7 @@
 //! everything after it arrives live. See docs/inbox.md.
 
 pub mod api;
-mod json;
+pub mod json;
 
 use std::collections::HashMap;
 use std::sync::Arc;

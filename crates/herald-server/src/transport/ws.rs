@@ -34,8 +34,9 @@ use serde_json::json;
 
 use super::QueueOutlet;
 use super::mailbox::Receiver;
+use crate::chat::command as chat_command;
 use crate::inbox::{Presence, api as inbox_api};
-use crate::limits::ConnectionPermit;
+use crate::limits::{ConnectionPermit, EventLimiter};
 use crate::state::{AppState, query_param};
 use crate::wire::{self, Dialect};
 
@@ -107,11 +108,15 @@ fn accept(
     };
     let (outlet, queue) = QueueOutlet::channel(state.settings.session_queue);
     let joined = state.join(principal, "ws", outlet, None, since);
+    if dialect == Dialect::Community {
+        crate::chat::join_all(&state, &joined.session);
+    }
     let link = Link {
         session: joined.session,
         through: joined.through,
         queue,
         dialect,
+        limiter: EventLimiter::default(),
         _presence: joined.presence,
         _permit: permit,
     };
@@ -130,6 +135,8 @@ struct Link {
     dialect: Dialect,
     /// The inbox mark at registration (see `inbox::Joined`).
     through: i64,
+    /// This connection's client event rate limits.
+    limiter: EventLimiter,
     _presence: Presence,
     _permit: ConnectionPermit,
 }
@@ -186,9 +193,16 @@ fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Answers one text frame from the client: at once, or (inbox commands) with an `ack`
-/// frame through the session's queue once the store has answered.
-fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard, through: i64, state: &AppState) -> Option<Message> {
+/// Answers one text frame from the client: at once, or (commands that wait for the
+/// store or the broker) with an `ack` frame through the session's queue once they have.
+fn handle_text(
+    raw: &str,
+    dialect: Dialect,
+    session: &SessionGuard,
+    through: i64,
+    limiter: &mut EventLimiter,
+    state: &AppState,
+) -> Option<Message> {
     let frame: IncomingFrame = match serde_json::from_str(raw) {
         Ok(frame) => frame,
         Err(error) if error.is_syntax() || error.is_eof() => {
@@ -204,30 +218,68 @@ fn handle_text(raw: &str, dialect: Dialect, session: &SessionGuard, through: i64
     };
     metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&frame.kind)).increment(1);
     let kind = dialect.incoming(&frame.kind);
+    if let Err(wait) = limiter.check(&state.settings.event_limits, kind) {
+        return Some(rate_limited_frame(&frame.kind, wait));
+    }
     if let Some(answer) = inbox_api::command(state, Some((session.principal(), through)), kind, frame.payload.clone()) {
-        let (state, id, event, request) = (state.clone(), session.id(), kind.to_owned(), frame.id);
-        state.tasks.clone().spawn(async move {
-            let mut body = match answer.await {
-                Ok(body) => body,
-                Err((code, message)) => {
-                    count_error(code);
-                    json!({"success": false, "error": {"code": code.as_str(), "message": message}})
-                }
-            };
-            if body.get("success").is_none() {
-                body["success"] = json!(true);
-            }
-            body["event"] = json!(event);
-            if let Some(request) = request {
-                body["id"] = request;
-            }
-            if let Ok(ack) = Event::from_value("ack", &body) {
-                state.hub.send_to(id, Arc::new(Delivery::new(ack)));
-            }
-        });
+        reply_later(state, session, dialect, kind, frame.id, answer);
+        return None;
+    }
+    if let Some(answer) = chat_command::command(state, session, kind, frame.payload.clone()) {
+        reply_later(state, session, dialect, kind, frame.id, answer);
         return None;
     }
     Some(answer_now(kind, frame.payload, session, state))
+}
+
+/// The error frame of an event over its rate limit: it is dropped, the connection stays.
+fn rate_limited_frame(event: &str, wait: Duration) -> Message {
+    count_error(ErrorCode::RateLimited);
+    let payload = json!({
+        "code": ErrorCode::RateLimited.as_str(),
+        "message": format!("too many {event} events; retry later"),
+        "event": event.chars().take(100).collect::<String>(),
+        "retryAfterMs": wait.as_millis().max(1) as u64,
+    });
+    text(wire::ws_frame("error", &payload.to_string()))
+}
+
+/// Sends a command's answer once it is ready, through the session's queue: an `ack`
+/// frame `{success, event, id?, ...}` (seed 001's clients expect no acks, so the
+/// community dialect gets only failures, as `error` frames).
+fn reply_later(
+    state: &AppState,
+    session: &SessionGuard,
+    dialect: Dialect,
+    event: &str,
+    request: Option<serde_json::Value>,
+    answer: impl Future<Output = inbox_api::CommandResult> + Send + 'static,
+) {
+    let (state, id, event) = (state.clone(), session.id(), event.to_owned());
+    state.tasks.clone().spawn(async move {
+        let (name, mut body) = match answer.await {
+            Ok(_) if dialect == Dialect::Community => return,
+            Ok(body) => ("ack", body),
+            Err((code, message)) if dialect == Dialect::Community => {
+                count_error(code);
+                ("error", json!({"code": code.as_str(), "message": message}))
+            }
+            Err((code, message)) => {
+                count_error(code);
+                ("ack", json!({"success": false, "error": {"code": code.as_str(), "message": message}}))
+            }
+        };
+        if name == "ack" && body.get("success").is_none() {
+            body["success"] = json!(true);
+        }
+        body["event"] = json!(event);
+        if let Some(request) = request {
+            body["id"] = request;
+        }
+        if let Ok(reply) = Event::from_value(name, &body) {
+            state.hub.send_to(id, Arc::new(Delivery::new(reply)));
+        }
+    });
 }
 
 /// The commands answered without the store.
@@ -401,7 +453,7 @@ enum Wake {
 }
 
 async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End {
-    let Link { session, queue, dialect, through, .. } = link;
+    let Link { session, queue, dialect, through, limiter, .. } = link;
     let (dialect, through) = (*dialect, *through);
     let mut heartbeat = tokio::time::interval(state.settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -445,7 +497,7 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
                 }
                 Some(Ok(Message::Text(raw))) => {
                     session.touch();
-                    if let Some(reply) = handle_text(raw.as_str(), dialect, session, through, state)
+                    if let Some(reply) = handle_text(raw.as_str(), dialect, session, through, limiter, state)
                         && socket.send(reply).await.is_err()
                     {
                         return End::Gone;

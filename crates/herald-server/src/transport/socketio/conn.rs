@@ -15,8 +15,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::packet::{self, Kind};
+use crate::chat::command as chat_command;
 use crate::inbox::{Joined, Presence, api as inbox_api};
-use crate::limits::ConnectionPermit;
+use crate::limits::{ConnectionPermit, EventLimiter};
 use crate::state::AppState;
 use crate::transport::mailbox::{self, PushError, Receiver};
 use crate::wire::{self, Dialect};
@@ -142,6 +143,8 @@ pub struct Conn {
     /// The token in the handshake request (`Authorization: Bearer` or `?token=`).
     request_token: Option<Box<str>>,
     sockets: Mutex<Vec<NsSocket>>,
+    /// Client event rate limits, shared by the connection's namespaces.
+    limiter: Mutex<EventLimiter>,
     _permit: ConnectionPermit,
 }
 
@@ -164,6 +167,7 @@ impl Conn {
             link,
             request_token: request_token.map(String::into_boxed_str),
             sockets: Mutex::default(),
+            limiter: Mutex::default(),
             _permit: permit,
         });
         (conn, receiver)
@@ -433,21 +437,66 @@ impl Conn {
         };
         let name = dialect.incoming(&name).to_owned();
         metrics::counter!(m::EVENTS_IN, "event" => m::event_label(&name)).increment(1);
+        if let Err(wait) = self.limiter.lock().check(&self.state.settings.event_limits, &name) {
+            return self.rate_limited(dialect, ack, &name, wait);
+        }
         if let Some(answer) =
             inbox_api::command(&self.state, member.as_ref().map(|(p, t)| (p, *t)), &name, argument.clone())
         {
-            // The store answers asynchronously; the ack follows when it has.
-            let conn = Arc::downgrade(self);
-            self.state.tasks.spawn(async move {
-                let result = answer.await;
-                if let Some(conn) = conn.upgrade() {
-                    conn.answer(dialect, ack, result);
+            return self.answer_later(dialect, ack, answer);
+        }
+        if chat_command::is_command(&name) {
+            let answer = {
+                let sockets = self.sockets.lock();
+                let session = sockets.iter().find(|s| s.dialect == dialect).and_then(|s| s.session.as_ref());
+                session.and_then(|session| chat_command::command(&self.state, session, &name, argument.clone()))
+            };
+            return match answer {
+                Some(answer) => self.answer_later(dialect, ack, answer),
+                None => {
+                    let error = (ErrorCode::NotAuthenticated, "authenticate before using conversations".to_owned());
+                    self.answer(dialect, ack, Err(error))
                 }
-            });
-            return;
+            };
         }
         let result = self.command(dialect, &name, argument);
         self.answer(dialect, ack, result);
+    }
+
+    /// Answers a command once the store or the broker has: the ack follows when it has.
+    fn answer_later(
+        self: &Arc<Self>,
+        dialect: Dialect,
+        ack: Option<u64>,
+        answer: impl std::future::Future<Output = CommandResult> + Send + 'static,
+    ) {
+        let conn = Arc::downgrade(self);
+        self.state.tasks.spawn(async move {
+            let result = answer.await;
+            if let Some(conn) = conn.upgrade() {
+                conn.answer(dialect, ack, result);
+            }
+        });
+    }
+
+    /// An event over its rate limit is dropped: an `error` event (and the ack, if asked
+    /// for) with `retryAfterMs`; the connection stays.
+    fn rate_limited(&self, dialect: Dialect, ack: Option<u64>, event: &str, wait: std::time::Duration) {
+        let code = ErrorCode::RateLimited;
+        count_error(code);
+        let message = format!("too many {event} events; retry later");
+        let retry = wait.as_millis().max(1) as u64;
+        let shown: String = event.chars().take(100).collect();
+        self.emit(
+            dialect,
+            "error",
+            &json!({"message": message, "code": code.as_str(), "event": shown, "retryAfterMs": retry}),
+        );
+        if let Some(ack) = ack {
+            let body =
+                json!({"success": false, "error": {"code": code.as_str(), "message": message, "retryAfterMs": retry}});
+            self.push(packet::socketio_text(Kind::Ack, namespace_of(dialect), Some(ack), &format!("[{body}]")));
+        }
     }
 
     /// Answers a command: the ack when the client asked for one, and on failure also an
