@@ -11,6 +11,8 @@ use crate::within;
 
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read by [`WsClient::expect`] while looking for another one, oldest first.
+    unread: std::collections::VecDeque<Value>,
 }
 
 /// How the server ended a connection.
@@ -25,7 +27,7 @@ pub enum Ended {
 impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let (stream, _) = connect_async(url).await?;
-        Ok(Self { stream })
+        Ok(Self { stream, unread: Default::default() })
     }
 
     /// Connects with a tiny socket receive buffer (which turns off the kernel's
@@ -42,7 +44,7 @@ impl WsClient {
         socket.set_recv_buffer_size(4096).map_err(Error::Io)?;
         let stream = socket.connect(address).await.map_err(Error::Io)?;
         let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
-        Ok(Self { stream })
+        Ok(Self { stream, unread: Default::default() })
     }
 
     pub async fn send_json(&mut self, frame: Value) {
@@ -59,6 +61,13 @@ impl WsClient {
 
     /// The next JSON text frame (pings are answered by tungstenite and skipped).
     pub async fn next_json(&mut self) -> Value {
+        if let Some(frame) = self.unread.pop_front() {
+            return frame;
+        }
+        self.read_json().await
+    }
+
+    async fn read_json(&mut self) -> Value {
         within("a websocket frame", async {
             loop {
                 match self.stream.next().await {
@@ -100,6 +109,47 @@ impl WsClient {
         match found {
             Ok(payload) => payload,
             Err(_) => panic!("no {kind:?} frame; got instead: {skipped:?}"),
+        }
+    }
+
+    /// The first frame of type `kind`, among those read before or by reading on; frames of
+    /// other types stay, in order, for later calls. Returns its payload.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        self.expect_where(|frame| frame["type"] == kind).await["payload"].clone()
+    }
+
+    /// The first frame matching `predicate`, like [`WsClient::expect`]; returns the frame.
+    pub async fn expect_where(&mut self, predicate: impl Fn(&Value) -> bool) -> Value {
+        if let Some(index) = self.unread.iter().position(&predicate) {
+            return self.unread.remove(index).unwrap_or_default();
+        }
+        let found = tokio::time::timeout(crate::WAIT, async {
+            loop {
+                let frame = self.read_json().await;
+                if predicate(&frame) {
+                    return frame;
+                }
+                self.unread.push_back(frame);
+            }
+        })
+        .await;
+        match found {
+            Ok(frame) => frame,
+            Err(_) => panic!("no matching frame; got instead: {:?}", self.unread),
+        }
+    }
+
+    /// Every frame until the first matching `marker` (which is returned last), those
+    /// kept by earlier calls included: to show what did *not* arrive before the marker.
+    pub async fn frames_until(&mut self, marker: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut frames: Vec<Value> = Vec::new();
+        loop {
+            let frame = self.next_json().await;
+            let done = marker(&frame);
+            frames.push(frame);
+            if done {
+                return frames;
+            }
         }
     }
 
