@@ -454,3 +454,89 @@ async fn rediss_urls_connect_over_tls_and_verify_the_server() {
     let stderr = startup_failure(&url).await;
     assert!(stderr.contains("cannot reach Redis"), "an untrusted certificate is refused: {stderr}");
 }
+
+async fn request(server: &Server, method: &str, path: &str, bearer: &str, body: Option<Value>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = reqwest::Client::new().request(method, server.http(path)).bearer_auth(bearer);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends a command frame and returns its ack payload.
+async fn ask(ws: &mut WsClient, kind: &str, payload: Value) -> Value {
+    let id = format!("{kind}-{}", rand_suffix());
+    ws.send_json(json!({"type": kind, "payload": payload, "id": id})).await;
+    ws.expect_where(|frame| frame["type"] == "ack" && frame["payload"]["id"] == id.as_str()).await["payload"].clone()
+}
+
+async fn said(ws: &mut WsClient, content: &str) -> Value {
+    let ack = ask(ws, "message:new", json!({"roomId": "r1", "content": content})).await;
+    assert_eq!(ack["success"], true, "{ack}");
+    ack
+}
+
+/// The frames before the `message:new` with `content`, which must arrive.
+async fn before_message(ws: &mut WsClient, content: &str) -> Vec<Value> {
+    ws.frames_until(|frame| frame["type"] == "message:new" && frame["payload"]["content"] == content).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_span_nodes_with_membership_blocks_and_removal_applied_everywhere() {
+    let redis = RedisServer::start().await;
+    let schema = herald_testkit::TestSchema::new();
+    let store = [("DATABASE_URL", schema.url.as_str()), ("HERALD_DATABASE_SCHEMA", schema.name.as_str())];
+    let a = node(&redis, "a", &store).await;
+    let b = node(&redis, "b", &store).await;
+    let members = json!({"members": ["alice", "bob", "mallory"]});
+    assert_eq!(request(&a, "PUT", "/api/conversations/room:r1", API_KEY, Some(members)).await.0, 200);
+    let mut alice_a = ws(&a, "alice", "").await;
+    let mut alice_b = ws(&b, "alice", "").await;
+    let mut bob_b = ws(&b, "bob", "").await;
+    let mut mallory_a = ws(&a, "mallory", "").await;
+    for client in [&mut alice_a, &mut alice_b, &mut bob_b, &mut mallory_a] {
+        let ack = ask(client, "chat:join", json!({"roomId": "r1"})).await;
+        assert_eq!(ack["success"], true, "{ack}");
+    }
+    let mut outsider_b = ws(&b, "eve", "").await;
+    let refused = ask(&mut outsider_b, "chat:join", json!({"roomId": "r1"})).await;
+    assert_eq!(refused["error"]["code"], "MEMBERSHIP_REQUIRED");
+
+    // A message from b reaches both of alice's devices, on a and on b; typing and
+    // receipts cross too.
+    let id = said(&mut bob_b, "from b").await["messageId"].as_str().unwrap().to_owned();
+    before_message(&mut alice_a, "from b").await;
+    before_message(&mut alice_b, "from b").await;
+    ask(&mut bob_b, "message:typing", json!({"roomId": "r1"})).await;
+    assert_eq!(alice_a.expect("message:typing").await["userId"], "bob");
+    ask(&mut alice_a, "message:read", json!({"messageId": id})).await;
+    assert_eq!(bob_b.expect("message:read").await["userId"], "alice");
+    ask(&mut alice_a, "reaction:new", json!({"messageId": id, "emoji": "🎉"})).await;
+    assert_eq!(bob_b.expect("reaction:new").await["emoji"], "🎉");
+
+    // Alice blocks mallory through node b: her device on a stops hearing mallory too.
+    let (status, _) = request(&b, "POST", "/api/me/blocks", &token("alice"), Some(json!({"userId": "mallory"}))).await;
+    assert_eq!(status, 200);
+    alice_a.expect("block:updated").await;
+    alice_b.expect("block:updated").await;
+    said(&mut mallory_a, "from mallory").await;
+    said(&mut bob_b, "marker").await;
+    for client in [&mut alice_a, &mut alice_b] {
+        let frames = before_message(client, "marker").await;
+        assert!(frames.iter().all(|f| f["payload"]["authorId"] != "mallory"), "blocked sender heard: {frames:?}");
+    }
+
+    // Bob is removed through node a: his session on b is told, then hears nothing more.
+    let (status, _) = request(&a, "DELETE", "/api/conversations/room:r1/members/bob", API_KEY, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(bob_b.expect("chat:updated").await["removed"], json!(["bob"]));
+    said(&mut alice_a, "after bob").await;
+    before_message(&mut alice_b, "after bob").await;
+    publish_ok(&a, json!({"topic": "user:bob", "event": "marker", "data": {}})).await;
+    let frames = bob_b.frames_until(|frame| frame["type"] == "marker").await;
+    assert!(frames.iter().all(|frame| frame["payload"]["content"] != "after bob"), "{frames:?}");
+    schema.drop_schema().await;
+}

@@ -426,6 +426,9 @@ pub async fn join(state: &AppState, session: SessionId, principal: &Principal, t
         return Err((ErrorCode::MembershipRequired, format!("{topic} requires membership")));
     }
     state.hub.subscribe_member(session, topic.clone()).map_err(|error| (error.code(), error.to_string()))?;
+    // Answered once the conversation's events reach this node: a client told it joined
+    // misses nothing published after.
+    state.broker.subscribed(std::slice::from_ref(topic)).await;
     Ok(())
 }
 
