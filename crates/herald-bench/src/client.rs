@@ -82,7 +82,7 @@ async fn tcp(target: &Target, source: Option<IpAddr>) -> anyhow::Result<tokio::n
     Ok(socket.connect(target.address).await?)
 }
 
-async fn websocket(target: &Target, path: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+pub async fn websocket(target: &Target, path: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let stream = tcp(target, source).await?;
     let url = format!("ws://{}{path}", target.host);
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);

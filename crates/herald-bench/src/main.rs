@@ -3,10 +3,12 @@
 //! Scenarios: `connect` (connection ramp, connect times, memory per connection), `fanout`
 //! (N subscribers of one channel), `unicast` (messages to random users), `churn` (fan-out
 //! while connections come and go), `inbox` (notifications created through Herald's
-//! `POST /api/notifications`, stored and pushed to random users). Publishing goes through
+//! `POST /api/notifications`, stored and pushed to random users), `chat` (users in rooms
+//! sending messages with typing indicators through `message:new`, Herald only). Publishing goes through
 //! `POST /api/publish` on the target, which every target (Herald, the floor, the Node
 //! reference) serves.
 
+mod chat;
 mod client;
 mod procstat;
 mod recorder;
@@ -47,6 +49,28 @@ enum Scenario {
     /// N users connected; M notifications created through `POST /api/notifications`, each
     /// for one random user: stored, then pushed (Herald only).
     Inbox(FanoutArgs),
+    /// N users in rooms of S members (created through the conversation API), each
+    /// sending a message every I ms with a typing indicator before it (Herald only).
+    Chat(ChatArgs),
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    #[arg(long, default_value_t = 50)]
+    room_size: usize,
+    /// Milliseconds between one user's messages.
+    #[arg(long, default_value_t = 10_000)]
+    interval_ms: u64,
+    /// Milliseconds between a user's typing indicator and its message; 0 sends none.
+    #[arg(long, default_value_t = 500)]
+    typing_lead_ms: u64,
+    /// Seconds users keep sending.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
 }
 
 #[derive(Args, Clone)]
@@ -545,6 +569,124 @@ async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
     ))
 }
 
+async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
+    let env = Arc::new(Env::new(&args.common)?);
+    let room_size = args.room_size.max(1);
+    let rooms = args.users.div_ceil(room_size);
+    let base = args.common.url.split(',').next().unwrap_or_default().trim().trim_end_matches('/').to_owned();
+    for room in 0..rooms {
+        let members: Vec<String> =
+            (room * room_size..((room + 1) * room_size).min(args.users)).map(|user| format!("user{user}")).collect();
+        let response = env
+            .http
+            .put(format!("{base}/api/conversations/room:bench{room}"))
+            .bearer_auth(&args.common.api_key)
+            .json(&json!({"members": members}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "room setup answered {}", response.status());
+    }
+    let recorder = Arc::new(Recorder::default());
+    let interval = Duration::from_millis(args.interval_ms.max(1));
+    let typing_lead = Duration::from_millis(args.typing_lead_ms).min(interval / 2);
+    // Connections open first; everyone starts sending once all have joined.
+    let plan = Arc::new(chat::Plan {
+        interval,
+        typing_lead,
+        sending: std::sync::atomic::AtomicBool::new(true),
+        sent: AtomicU64::new(0),
+        typing_sent: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+    });
+    let connect_interval = Duration::from_secs_f64(1.0 / f64::from(args.common.connect_rate.max(1)));
+    let mut ticker = tokio::time::interval(connect_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let setup = Instant::now();
+    let ramp = Duration::from_secs_f64(args.users as f64 * connect_interval.as_secs_f64());
+    let start_at = setup + ramp + Duration::from_secs(2);
+    // Messages begin a second after measuring does.
+    let first_message = start_at + Duration::from_secs(1);
+    let mut tasks = JoinSet::new();
+    for user in 0..args.users {
+        ticker.tick().await;
+        let (env, recorder, plan) = (env.clone(), recorder.clone(), plan.clone());
+        // Spread over one interval after everyone has joined.
+        let phase = first_message.saturating_duration_since(Instant::now())
+            + Duration::from_secs_f64(interval.as_secs_f64() * rand::random::<f64>());
+        tasks.spawn(async move {
+            let token = env.token(&format!("user{user}"));
+            let room = format!("bench{}", user / room_size);
+            let joining = chat::join(env.target(user), &token, &room, env.source(user), recorder, user, plan, phase);
+            match tokio::time::timeout(Duration::from_secs(30), joining).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("timed out")),
+            }
+        });
+    }
+    let mut members = Vec::with_capacity(args.users);
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connect_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Ok(member)) => {
+                connect_us.saturating_record(member.connect_time.as_micros() as u64);
+                members.push(member);
+            }
+            Ok(Err(error)) => *failures.entry(failure_reason(&error)).or_default() += 1,
+            Err(error) => *failures.entry(format!("task: {error}")).or_default() += 1,
+        }
+    }
+    anyhow::ensure!(failures.is_empty(), "connections failed: {failures:?}");
+    tokio::time::sleep(start_at.saturating_duration_since(Instant::now())).await;
+    recorder.reset();
+    let window = env.cpu_window();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    // Stop sending, then let the last messages arrive.
+    // A member that had already woken still sends its message: count until it settles.
+    plan.sending.store(false, Ordering::Relaxed);
+    let mut sent = plan.sent.load(Ordering::Relaxed);
+    loop {
+        await_deliveries(&recorder, sent * room_size as u64, Duration::from_secs(5)).await;
+        let now = plan.sent.load(Ordering::Relaxed);
+        if now == sent {
+            break;
+        }
+        sent = now;
+    }
+    let expected = sent * room_size as u64;
+    let cpu = window.stop();
+    for member in &mut members {
+        member.close();
+    }
+    for member in &mut members {
+        drop((&mut member.done).await);
+    }
+    let delivered = recorder.delivered();
+    Ok(json!({
+        "scenario": "chat",
+        "connections": args.users,
+        "room_size": room_size,
+        "rooms": rooms,
+        "interval_ms": args.interval_ms,
+        "typing": !typing_lead.is_zero(),
+        "messages": sent,
+        "typing_sent": plan.typing_sent.load(Ordering::Relaxed),
+        "refused": plan.refused.load(Ordering::Relaxed),
+        "duplicates": plan.duplicates.load(Ordering::Relaxed),
+        "expected": expected,
+        "delivered": delivered,
+        "lost": expected.saturating_sub(delivered),
+        "messages_per_second": sent as f64 / cpu.wall_seconds.max(1e-9),
+        "deliveries_per_second": delivered as f64 / cpu.wall_seconds.max(1e-9),
+        "latency": recorder.latency(),
+        "server_cpu_us_per_delivery": cpu.server_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "loadgen_cpu_us_per_delivery": cpu.loadgen_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "connect": connect_times(&connect_us),
+        "cpu": cpu,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -554,6 +696,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Unicast(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Unicast).await?),
         Scenario::Inbox(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Inbox).await?),
         Scenario::Churn(args) => (args.fanout.common.label.clone(), scenario_churn(args).await?),
+        Scenario::Chat(args) => (args.common.label.clone(), scenario_chat(args).await?),
     };
     let mut result = result;
     result["label"] = json!(label);

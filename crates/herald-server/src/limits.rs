@@ -150,6 +150,13 @@ impl EventLimits {
     }
 }
 
+/// The clock every limiter reads: creating one calibrates it (`CPUID` and a timing loop),
+/// too costly to do per connection; clones share the calibration.
+fn clock() -> &'static governor::clock::DefaultClock {
+    static CLOCK: std::sync::OnceLock<governor::clock::DefaultClock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(Default::default)
+}
+
 /// One connection's limiters, created on the first limited event so that idle
 /// connections carry one empty pointer.
 #[derive(Default)]
@@ -173,11 +180,11 @@ impl EventLimiter {
             let quota = Quota::with_period(rate.per / burst.get())
                 .unwrap_or_else(|| Quota::per_second(burst))
                 .allow_burst(burst);
-            RateLimiter::direct(quota)
+            RateLimiter::direct_with_clock(quota, clock().clone())
         });
         limiter.check().map_err(|not_until| {
             metrics::counter!(m::EVENTS_RATE_LIMITED, "event" => m::event_label(event)).increment(1);
-            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+            not_until.wait_time_from(governor::clock::Clock::now(clock()))
         })
     }
 }

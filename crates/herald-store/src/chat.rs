@@ -299,6 +299,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     sqlx::query(concat!(
                         "INSERT INTO herald_conversations (topic, name, created_at, updated_at) VALUES ($1, $2, $3, $3) ",
                         "ON CONFLICT (topic) DO UPDATE SET name = COALESCE(excluded.name, herald_conversations.name), ",
@@ -321,6 +322,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<Vec<String>, $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let mut tx = self.pool.begin().await?;
                     sqlx::query(concat!(
                         "INSERT INTO herald_conversations (topic, name, created_at, updated_at) VALUES ($1, NULL, $2, $2) ",
@@ -358,6 +360,7 @@ macro_rules! chat_store {
                 users: &'a [String],
             ) -> $crate::BoxFuture<'a, Result<Vec<String>, $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let mut tx = self.pool.begin().await?;
                     let mut removed = Vec::new();
                     for user in users {
@@ -428,6 +431,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'_, Result<$crate::chat::Posted, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, Posted, decode_message, message_columns};
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     // One statement: the membership and reference checks and the insert.
                     let row = sqlx::query(concat!(
                         "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
@@ -511,6 +515,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'a, Result<$crate::chat::Message, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, decode_message, message_columns, why_unchanged};
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let row = sqlx::query(concat!(
                         "UPDATE herald_messages SET content = $1, edited_at = $2 ",
                         "WHERE id = $3 AND author_id = $4 AND deleted_at IS NULL RETURNING ",
@@ -537,6 +542,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'a, Result<$crate::chat::Message, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, decode_message, message_columns, why_unchanged};
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let row = sqlx::query(concat!(
                         "UPDATE herald_messages SET content = '', metadata = NULL, deleted_at = $1 ",
                         "WHERE id = $2 AND author_id = $3 AND deleted_at IS NULL RETURNING ",
@@ -591,6 +597,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<Vec<$crate::chat::ReceiptChange>, $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let read_at = (kind == $crate::chat::ReceiptKind::Read).then_some(at);
                     let mut tx = self.pool.begin().await?;
                     let mut changed = Vec::new();
@@ -654,6 +661,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<(String, bool), $crate::chat::ChatError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let message = self.message(user, id).await?;
                     if message.deleted_at.is_some() {
                         return Err($crate::chat::ChatError::NotFound);
@@ -713,6 +721,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let inserted = sqlx::query(concat!(
                         "INSERT INTO herald_blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) ",
                         "ON CONFLICT (user_id, blocked_id) DO NOTHING"
@@ -733,6 +742,7 @@ macro_rules! chat_store {
                 other: &'a str,
             ) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
+                    let _turn = self.write_turn().await;
                     let deleted = sqlx::query("DELETE FROM herald_blocks WHERE user_id = $1 AND blocked_id = $2")
                         .bind(user)
                         .bind(other)

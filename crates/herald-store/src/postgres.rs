@@ -53,6 +53,9 @@ fn valid_schema(schema: &str) -> bool {
 }
 
 impl PostgresStore {
+    /// PostgreSQL lets writers wait for each other's row locks itself: no turn to take.
+    async fn write_turn(&self) {}
+
     /// Connects to `url` and migrates. With `schema`, Herald's tables live in that schema
     /// (created if missing), so several Herald deployments or test runs can share one
     /// database without touching each other's tables.

@@ -46,6 +46,10 @@ crate::chat::chat_store!(SqliteStore);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Taken by every write: SQLite lets one connection write at a time, and a second
+    /// writer is not queued but told `SQLITE_BUSY` and left to its busy handler, which
+    /// sleeps in steps of milliseconds. Writers wait their turn here instead.
+    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn json_ids(ids: &[i64]) -> String {
@@ -54,6 +58,11 @@ fn json_ids(ids: &[i64]) -> String {
 }
 
 impl SqliteStore {
+    /// This store's turn to write (see `writes`).
+    async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
     /// Opens (creating if missing) the database file at `path` and migrates it.
     pub async fn open(path: &Path, durable_on_power_loss: bool) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
@@ -78,7 +87,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         migrator().run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writes: Default::default() })
     }
 
     async fn open_with(options: SqliteConnectOptions, durable_on_power_loss: bool) -> Result<Self, StoreError> {
@@ -94,7 +103,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         migrator().run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writes: Default::default() })
     }
 
     /// Counts which of `ids` are the user's; errs unless all are.
@@ -125,6 +134,7 @@ impl SqliteStore {
         all: &'static str,
         some: &'static str,
     ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         match which {
             Selection::All => {
                 let mut query = sqlx::query(all);
@@ -171,6 +181,7 @@ impl Store for SqliteStore {
 
     fn create(&self, batch: Vec<NewNotification>) -> BoxFuture<'_, Result<Vec<Created>, StoreError>> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
@@ -346,6 +357,7 @@ impl Store for SqliteStore {
 
     fn mark_delivered<'a>(&'a self, user: &'a str, ids: &'a [i64], at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             if ids.is_empty() {
                 return Ok(());
             }
@@ -382,6 +394,7 @@ impl Store for SqliteStore {
         at: i64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             sqlx::query(concat!(
                 "INSERT INTO herald_inbox_devices (user_id, device, delivered_through, updated_at) VALUES (?, ?, ?, ?) ",
                 "ON CONFLICT (user_id, device) DO UPDATE SET ",
@@ -407,6 +420,7 @@ impl Store for SqliteStore {
 
     fn prune(&self, retention: Retention) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
+            let _turn = self.write_turn().await;
             let batch = i64::from(retention.batch.max(1));
             let mut users: Vec<String> = Vec::new();
             if let Some(before) = retention.created_before {

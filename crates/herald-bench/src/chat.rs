@@ -1,0 +1,139 @@
+//! The `chat` scenario's client: a plain WebSocket member of one room that joins it
+//! (`chat:join`), then every interval says it is typing and, a moment later, sends a
+//! message (`message:new`) stamped with its send time in `metadata.t`. Every member of the
+//! room (the sender's own connection included) records the message's latency when its
+//! `message:new` arrives.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{Target, websocket};
+use crate::recorder::{Recorder, now_nanos, stamp_of};
+
+/// What every chat connection shares.
+pub struct Plan {
+    /// Time between one member's messages.
+    pub interval: Duration,
+    /// How long before each message its typing indicator goes out (none when zero).
+    pub typing_lead: Duration,
+    /// Cleared when members must stop sending.
+    pub sending: std::sync::atomic::AtomicBool,
+    pub sent: AtomicU64,
+    pub typing_sent: AtomicU64,
+    /// Acks that were not `success: true` (rate limited, refused).
+    pub refused: AtomicU64,
+    /// Messages a connection received more than once (by message id).
+    pub duplicates: AtomicU64,
+}
+
+/// The `"messageId":"N"` of a frame.
+fn message_id(frame: &str) -> Option<u64> {
+    let start = frame.find(r#""messageId":""#)? + r#""messageId":""#.len();
+    let digits = frame[start..].split('"').next()?;
+    digits.parse().ok()
+}
+
+/// One member's live connection.
+pub struct Member {
+    pub connect_time: Duration,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    pub fn close(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).unwrap_or_default();
+        }
+    }
+}
+
+/// Connects `token`'s user, joins `room`, and starts its task; the first message goes
+/// out after `phase`.
+#[allow(clippy::too_many_arguments, reason = "one call site, every argument distinct")]
+pub async fn join(
+    target: &Target,
+    token: &str,
+    room: &str,
+    source: Option<IpAddr>,
+    recorder: Arc<Recorder>,
+    shard: usize,
+    plan: Arc<Plan>,
+    phase: Duration,
+) -> anyhow::Result<Member> {
+    let started = Instant::now();
+    let mut ws = websocket(target, &format!("/ws?token={token}"), source).await?;
+    let join = format!(r#"{{"type":"chat:join","payload":{{"roomId":"{room}"}},"id":"join"}}"#);
+    ws.send(Message::text(join)).await?;
+    loop {
+        let Some(message) = ws.next().await else { anyhow::bail!("closed before joining") };
+        if let Message::Text(text) = message?
+            && text.starts_with(r#"{"type":"ack""#)
+        {
+            anyhow::ensure!(text.contains(r#""success":true"#), "join refused: {text}");
+            break;
+        }
+    }
+    let connect_time = started.elapsed();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let room = room.to_owned();
+    let done = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let first = tokio::time::Instant::now() + phase;
+        let mut next_message = first + plan.typing_lead;
+        let mut next_typing = (!plan.typing_lead.is_zero()).then_some(first);
+        loop {
+            let wake = next_typing.map_or(next_message, |typing| typing.min(next_message));
+            tokio::select! {
+                _ = &mut stopped => {
+                    drop(ws.close(None).await);
+                    return;
+                }
+                _ = tokio::time::sleep_until(wake), if plan.sending.load(Ordering::Relaxed) => {
+                    let frame = if next_typing.is_some_and(|typing| typing <= next_message) {
+                        next_typing = None;
+                        plan.typing_sent.fetch_add(1, Ordering::Relaxed);
+                        format!(r#"{{"type":"message:typing","payload":{{"roomId":"{room}"}}}}"#)
+                    } else {
+                        next_message += plan.interval;
+                        if !plan.typing_lead.is_zero() {
+                            next_typing = Some(next_message - plan.typing_lead);
+                        }
+                        plan.sent.fetch_add(1, Ordering::Relaxed);
+                        format!(
+                            r#"{{"type":"message:new","payload":{{"roomId":"{room}","content":"hello room","metadata":{{"t":{}}}}},"id":1}}"#,
+                            now_nanos()
+                        )
+                    };
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                message = ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if text.starts_with(r#"{"type":"message:new""#) {
+                            if message_id(&text).is_some_and(|id| !seen.insert(id)) {
+                                plan.duplicates.fetch_add(1, Ordering::Relaxed);
+                            } else if let Some(stamp) = stamp_of(&text) {
+                                recorder.record(shard, stamp);
+                            }
+                        } else if text.starts_with(r#"{"type":"ack""#) && !text.contains(r#""success":true"#)
+                            || text.starts_with(r#"{"type":"error""#)
+                        {
+                            plan.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    Ok(Member { connect_time, stop: Some(stop), done })
+}
