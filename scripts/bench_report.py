@@ -73,8 +73,8 @@ def aggregate(group):
         row["failed_rounds"] = len(group) - len(good)
         return row
     row = dict(good[0])
-    for key in ("delivered", "expected", "lost", "failed_publishes"):
-        row[key] = sum(run[key] for run in good)
+    for key in ("delivered", "expected", "lost", "failed_publishes", "duplicates", "refused", "messages"):
+        row[key] = sum(run.get(key, 0) for run in good)
     for key in ("deliveries_per_second", "server_cpu_us_per_delivery", "loadgen_cpu_us_per_delivery"):
         row[key] = median([run[key] for run in good])
     row["latency"] = {key: median([run["latency"][key] for run in good]) for key in good[0]["latency"]}
@@ -231,6 +231,37 @@ if inbox_args is not None:
             problems.append(f"{label} inbox {inbox_args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
     out("")
 
+# Conversations (issue 6): Herald only, users in rooms sending messages with typing on.
+chat_args = []
+for run in runs:
+    if run.get("scenario") == "chat" and run.get("args") not in chat_args:
+        chat_args.append(run.get("args"))
+chat_rows = []
+if chat_args:
+    out("## chat")
+    out("")
+    out("Each user is a plain WebSocket member of one room (rooms created with `PUT /api/conversations/{topic}`), joined with `chat:join`; every interval it sends `message:typing`, then `message:new` half a second later (stored in SQLite, then broadcast to the room, the sender's own connection included).")
+    out("Latency is from the sender writing `message:new` to each member receiving it; a typing indicator is one more delivery to every member, not counted in the latency or the per-delivery figures' denominator.")
+    out("Several sizes in one run show where this 2-core machine, shared by server and load generator, saturates.")
+    out("")
+    out("| arguments | delivered / expected | duplicates | refused | messages/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | loadgen µs/delivery | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for args in chat_args:
+        run = find("chat", args, "herald-ws")
+        if run is None:
+            continue
+        if "error" in run:
+            out(f"| `{args}` | error: {run['error']} | | | | | | | | | | | |")
+            problems.append(f"herald-ws chat {args}: {run['error']}")
+            continue
+        lat = run["latency"]
+        messages_per_second = median([r["messages_per_second"] for r in runs if r.get("scenario") == "chat" and r.get("args") == args and "error" not in r])
+        out(f"| `{args}` | {run['delivered']} / {run['expected']} | {run['duplicates']} | {run['refused']} | {messages_per_second:.0f} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {run['loadgen_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        chat_rows.append((args, run))
+        if run["lost"] or run["duplicates"] or run["refused"]:
+            problems.append(f"herald-ws chat {args}: lost {run['lost']}, duplicates {run['duplicates']}, refused {run['refused']}")
+    out("")
+
 # The issue's targets, checked against this run's figures.
 checks = []
 
@@ -276,8 +307,11 @@ def check_at_least(name, value, limit, unit=""):
 for store, run in inbox_rows:
     check_at_least(f"inbox notifications/s stored and delivered, {store}", run["deliveries_per_second"], 5000, "/s")
     check(f"inbox create-to-device p99, {store}", run["latency"]["p99_us"] / 1000, 50, " ms")
+for args, run in chat_rows:
+    if "--users 10000" in args:
+        check(f"chat delivery p99, {args}", run["latency"]["p99_us"] / 1000, 20, " ms")
 if checks:
-    out("## Targets (issues 3 and 4)")
+    out("## Targets (issues 3, 4 and 6)")
     out("")
     out("| target | measured | limit | |")
     out("|---|---|---|---|")
