@@ -96,6 +96,10 @@ pub async fn join(
                     return;
                 }
                 _ = tokio::time::sleep_until(wake), if plan.sending.load(Ordering::Relaxed) => {
+                    // The sleep may have been armed before sending stopped.
+                    if !plan.sending.load(Ordering::Relaxed) {
+                        continue;
+                    }
                     let frame = if next_typing.is_some_and(|typing| typing <= next_message) {
                         next_typing = None;
                         plan.typing_sent.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,7 @@ pub struct AccessDenied {
 ///
 /// - `user:{id}`: only the user themself, or a principal with the admin role.
 /// - `channel:{id}` and `global`: any authenticated principal.
+/// - `presence:{id}`: only through `presence:subscribe`, which the server checks.
 /// - `room:`, `group:`, `chat:`: need membership, which lives in the store: the server
 ///   checks it and subscribes through `SessionGuard::subscribe_member`; here they are refused.
 pub fn check_subscribe(principal: &Principal, topic: &Topic) -> Result<(), AccessDenied> {
@@ -29,6 +30,10 @@ pub fn check_subscribe(principal: &Principal, topic: &Topic) -> Result<(), Acces
         TopicKind::Room | TopicKind::Group | TopicKind::Chat => {
             Err(AccessDenied { code: ErrorCode::MembershipRequired, message: format!("{topic} requires membership") })
         }
+        TopicKind::Presence => Err(AccessDenied {
+            code: ErrorCode::Forbidden,
+            message: "subscribe to presence with presence:subscribe".into(),
+        }),
     }
 }
 

@@ -95,6 +95,10 @@ pub trait Interest: Send + Sync + 'static {
 /// into the hub.
 pub trait Attendance: Send + Sync + 'static {
     fn changed(&self, topic: &Topic, principal: &Principal, present: bool);
+
+    /// A user's local connection count changed to `connections`, up by one when
+    /// `opened`, else down by one (presence).
+    fn connections(&self, _principal: &Principal, _connections: usize, _opened: bool) {}
 }
 
 /// A refused subscription.
@@ -388,7 +392,8 @@ impl Hub {
         }
     }
 
-    fn count_user(&self, user: &UserId, opened: bool) {
+    fn count_user(&self, principal: &Principal, opened: bool) {
+        let user = &principal.user_id;
         let mut users = self.inner.users.lock();
         let count = if opened {
             let count = users.entry(user.clone()).or_default();
@@ -405,6 +410,9 @@ impl Hub {
         };
         if let Some(interest) = self.inner.interest.get() {
             interest.user(user, count);
+        }
+        if let Some(attendance) = self.inner.attendance.get() {
+            attendance.connections(principal, count, opened);
         }
     }
 
@@ -454,7 +462,7 @@ impl Hub {
         if let Some(expires_at) = principal.expires_at {
             self.inner.expiries.lock().insert((expires_at, id));
         }
-        self.count_user(&principal.user_id, true);
+        self.count_user(&principal, true);
         self.count_transport(transport, true);
         self.inner.sessions.write().insert(
             id,
@@ -498,7 +506,7 @@ impl Hub {
         if let Some(expires_at) = entry.principal.expires_at {
             self.inner.expiries.lock().remove(&(expires_at, id));
         }
-        self.count_user(&entry.principal.user_id, false);
+        self.count_user(&entry.principal, false);
         self.count_transport(entry.transport, false);
         Some(entry)
     }
@@ -526,7 +534,7 @@ impl Hub {
     fn subscribe(&self, id: SessionId, topic: Topic, member: bool) -> Result<bool, SubscribeError> {
         let mut sessions = self.inner.sessions.write();
         let entry = sessions.get_mut(&id).ok_or(SubscribeError::Closed)?;
-        if !(member && topic.kind().needs_membership()) {
+        if !(member && topic.kind().checked_by_server()) {
             check_subscribe(&entry.principal, &topic)?;
         }
         if entry.topics.contains(&topic) {

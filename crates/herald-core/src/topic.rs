@@ -1,5 +1,5 @@
 //! Typed, validated topic names: `user:{id}`, `channel:{id}`, `room:{id}`, `group:{id}`,
-//! `chat:{id}` and `global`.
+//! `chat:{id}`, `presence:{userId}` (a user's presence changes) and `global`.
 //!
 //! A [`Topic`] can only be built through [`Topic::parse`] or the typed constructors,
 //! so holding one proves the name is well formed.
@@ -20,6 +20,8 @@ pub enum TopicKind {
     Room,
     Group,
     Chat,
+    /// One user's presence changes; subscribed through `presence:subscribe`.
+    Presence,
     Global,
 }
 
@@ -29,6 +31,12 @@ impl TopicKind {
         matches!(self, TopicKind::Room | TopicKind::Group | TopicKind::Chat)
     }
 
+    /// Kinds whose access the server decides from the store (conversations: membership;
+    /// presence: sharing a conversation), then subscribes through `subscribe_member`.
+    pub fn checked_by_server(self) -> bool {
+        self.needs_membership() || self == TopicKind::Presence
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             TopicKind::User => "user",
@@ -36,6 +44,7 @@ impl TopicKind {
             TopicKind::Room => "room",
             TopicKind::Group => "group",
             TopicKind::Chat => "chat",
+            TopicKind::Presence => "presence",
             TopicKind::Global => "global",
         }
     }
@@ -47,6 +56,7 @@ impl TopicKind {
             "room" => TopicKind::Room,
             "group" => TopicKind::Group,
             "chat" => TopicKind::Chat,
+            "presence" => TopicKind::Presence,
             _ => return None,
         })
     }
@@ -57,7 +67,7 @@ impl TopicKind {
 pub enum TopicError {
     #[error("topic must not be empty")]
     Empty,
-    #[error("unknown topic kind in {0:?}; expected user:, channel:, room:, group:, chat: or global")]
+    #[error("unknown topic kind in {0:?}; expected user:, channel:, room:, group:, chat:, presence: or global")]
     UnknownKind(String),
     #[error("invalid identifier in topic: {0}")]
     InvalidId(IdError),
@@ -130,6 +140,11 @@ impl Topic {
     /// The topic every session of `user` is subscribed to.
     pub fn user(user: &UserId) -> Self {
         Self { kind: TopicKind::User, name: Arc::from(format!("user:{}", user.as_str())) }
+    }
+
+    /// `presence:{id}`: where `user`'s presence changes are published.
+    pub fn presence(user: &UserId) -> Self {
+        Self { kind: TopicKind::Presence, name: Arc::from(format!("presence:{}", user.as_str())) }
     }
 
     /// The topic every session is subscribed to.

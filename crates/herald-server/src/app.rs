@@ -140,6 +140,7 @@ impl App {
             metrics: telemetry::prometheus(),
             started_at: Instant::now(),
             chat: crate::chat::Chat::new(settings.typing_timeout),
+            presence: crate::presence::Presence::new(settings.presence_grace),
             settings,
         }));
         crate::chat::install(&state, &state.hub);

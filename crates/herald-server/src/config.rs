@@ -191,6 +191,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_TYPING_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub typing_timeout: Duration,
 
+    /// How long a user whose last connection closed stays online, so that a reload does
+    /// not announce them offline and online again.
+    #[arg(long, env = "HERALD_PRESENCE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub presence_grace: Duration,
+
     /// Most concurrent connections on this node; further ones get 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -303,6 +308,7 @@ pub struct Settings {
     /// Per-connection limits of client events.
     pub event_limits: crate::limits::EventLimits,
     pub typing_timeout: Duration,
+    pub presence_grace: Duration,
     pub session_queue: usize,
     pub max_topics_per_session: usize,
     pub shutdown_timeout: Duration,
@@ -337,6 +343,7 @@ impl Settings {
             max_connections: defaults::MAX_CONNECTIONS,
             event_limits: crate::limits::EventLimits::default(),
             typing_timeout: Duration::from_secs(5),
+            presence_grace: Duration::from_secs(5),
             session_queue: defaults::SESSION_QUEUE,
             max_topics_per_session: defaults::MAX_TOPICS_PER_SESSION,
             shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
@@ -445,6 +452,7 @@ impl Config {
             max_connections: self.max_connections,
             event_limits: crate::limits::EventLimits::parse(&self.rate_limits).map_err(ConfigError::RateLimits)?,
             typing_timeout: self.typing_timeout.max(Duration::from_millis(100)),
+            presence_grace: self.presence_grace,
             session_queue: self.session_queue.max(1),
             max_topics_per_session: self.max_topics_per_session.max(2),
             shutdown_timeout: ms(self.shutdown_timeout),

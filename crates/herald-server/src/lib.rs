@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod inbox;
 pub mod limits;
+pub mod presence;
 pub mod state;
 pub mod telemetry;
 pub mod transport;

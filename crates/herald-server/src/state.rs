@@ -45,6 +45,8 @@ pub struct Shared {
     pub started_at: Instant,
     /// Node-local conversation state (typing indicators).
     pub chat: crate::chat::Chat,
+    /// Node-local presence state (grace periods of leaving users).
+    pub presence: crate::presence::Presence,
 }
 
 /// A cheap-to-clone handle on [`Shared`].

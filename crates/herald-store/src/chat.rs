@@ -125,6 +125,17 @@ pub struct Reaction {
     pub user_ids: Vec<String>,
 }
 
+/// A user's presence as stored: what they chose and when they were last seen online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPresence {
+    pub user_id: String,
+    /// `online`, `away` or `busy`; validated by the caller.
+    pub status: String,
+    pub custom_status: Option<String>,
+    pub last_seen: Option<i64>,
+    pub updated_at: i64,
+}
+
 /// The largest page of messages one query returns.
 pub const MAX_MESSAGE_PAGE: u32 = 200;
 
@@ -229,6 +240,15 @@ pub trait ChatStore: Send + Sync + 'static {
 
     /// The users `user` has blocked, sorted.
     fn blocked<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Whether two users are members of at least one conversation together.
+    fn share_conversation<'a>(&'a self, a: &'a str, b: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Stores a user's presence, replacing what was there.
+    fn save_presence<'a>(&'a self, presence: &'a StoredPresence) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The stored presence of each user named who has one, in the order named.
+    fn presences<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Result<Vec<StoredPresence>, StoreError>>;
 }
 
 /// The columns every query that returns messages selects, in [`decode_message`]'s order.
@@ -750,6 +770,67 @@ macro_rules! chat_store {
                         .await?
                         .rows_affected();
                     Ok(deleted > 0)
+                })
+            }
+
+            fn share_conversation<'a>(
+                &'a self,
+                a: &'a str,
+                b: &'a str,
+            ) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
+                Box::pin(async move {
+                    let found: Option<i64> = sqlx::query_scalar(concat!(
+                        "SELECT CAST(1 AS BIGINT) FROM herald_members x JOIN herald_members y ON y.topic = x.topic ",
+                        "WHERE x.user_id = $1 AND y.user_id = $2 LIMIT 1"
+                    ))
+                    .bind(a)
+                    .bind(b)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(found.is_some())
+                })
+            }
+
+            fn save_presence<'a>(
+                &'a self,
+                presence: &'a $crate::chat::StoredPresence,
+            ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
+                Box::pin(async move {
+                    let _turn = self.write_turn().await;
+                    sqlx::query(concat!(
+                        "INSERT INTO herald_presence (user_id, status, custom_status, last_seen, updated_at) ",
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, ",
+                        "custom_status = excluded.custom_status, last_seen = excluded.last_seen, updated_at = excluded.updated_at"
+                    ))
+                    .bind(&presence.user_id)
+                    .bind(&presence.status)
+                    .bind(&presence.custom_status)
+                    .bind(presence.last_seen)
+                    .bind(presence.updated_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                })
+            }
+
+            fn presences<'a>(
+                &'a self,
+                users: &'a [String],
+            ) -> $crate::BoxFuture<'a, Result<Vec<$crate::chat::StoredPresence>, $crate::StoreError>> {
+                Box::pin(async move {
+                    let mut found = Vec::new();
+                    for user in users {
+                        let row: Option<(String, String, Option<String>, Option<i64>, i64)> = sqlx::query_as(
+                            "SELECT user_id, status, custom_status, last_seen, updated_at FROM herald_presence WHERE user_id = $1",
+                        )
+                        .bind(user)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                        if let Some((user_id, status, custom_status, last_seen, updated_at)) = row {
+                            found.push($crate::chat::StoredPresence { user_id, status, custom_status, last_seen, updated_at });
+                        }
+                    }
+                    Ok(found)
                 })
             }
 

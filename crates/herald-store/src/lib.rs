@@ -23,6 +23,7 @@ use std::pin::Pin;
 
 pub use chat::{
     ChatError, ChatStore, Member, Message, NewMessage, Posted, Reaction, Receipt, ReceiptChange, ReceiptKind,
+    StoredPresence,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

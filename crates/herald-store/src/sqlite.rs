@@ -37,6 +37,13 @@ fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0002_chat.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            "presence".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0003_presence.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

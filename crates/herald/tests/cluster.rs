@@ -517,6 +517,14 @@ async fn conversations_span_nodes_with_membership_blocks_and_removal_applied_eve
     ask(&mut alice_a, "reaction:new", json!({"messageId": id, "emoji": "🎉"})).await;
     assert_eq!(bob_b.expect("reaction:new").await["emoji"], "🎉");
 
+    // Presence crosses nodes: bob on b follows alice, who changes her status on a.
+    let ack = ask(&mut bob_b, "presence:subscribe", json!({"userIds": ["alice"]})).await;
+    assert_eq!(ack["presences"][0]["online"], true, "alice is online on both nodes: {ack}");
+    ask(&mut alice_a, "presence:update", json!({"status": "busy", "customStatus": "in a call"})).await;
+    let update =
+        bob_b.expect_where(|frame| frame["type"] == "presence:update" && frame["payload"]["status"] == "busy").await;
+    assert_eq!(update["payload"]["customStatus"], "in a call");
+
     // Alice blocks mallory through node b: her device on a stops hearing mallory too.
     let (status, _) = request(&b, "POST", "/api/me/blocks", &token("alice"), Some(json!({"userId": "mallory"}))).await;
     assert_eq!(status, 200);

@@ -1,5 +1,5 @@
-//! The conversation commands a socket sends, by canonical name (seed 003's set; seed
-//! 001's `TYPING` arrives as `message:typing` through its dialect). Transport-neutral:
+//! The conversation and presence commands a socket sends, by canonical name (seed 003's
+//! set; seed 001's `TYPING` arrives as `message:typing` through its dialect). Transport-neutral:
 //! plain WebSocket and Socket.IO call [`command`] and send the answer as their ack.
 
 use std::future::Future;
@@ -31,6 +31,9 @@ pub const COMMANDS: &[&str] = &[
     "chat:leave",
     "chat:join-multiple",
     "chat:get-active-members",
+    "presence:update",
+    "presence:subscribe",
+    "presence:unsubscribe",
 ];
 
 pub fn is_command(name: &str) -> bool {
@@ -191,6 +194,12 @@ pub fn command(state: &AppState, session: &SessionGuard, name: &str, data: Value
             }),
             Err(failure) => ready(Err(failure)),
         },
+        "presence:update" => Box::pin(async move { crate::presence::update(&state, &principal, &data).await }),
+        "presence:subscribe" => {
+            let id = session.id();
+            Box::pin(async move { crate::presence::subscribe(&state, id, &principal, &data).await })
+        }
+        "presence:unsubscribe" => ready(crate::presence::unsubscribe(&state, session.id(), &data)),
         _ => return None,
     };
     Some(answer)

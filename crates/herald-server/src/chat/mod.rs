@@ -539,15 +539,21 @@ pub fn load_blocks(state: &AppState, session: &herald_core::SessionGuard) {
 }
 
 /// Publishes `chat:member-joined` / `chat:member-left` as the hub reports a user's first
-/// and last local session on a conversation.
+/// and last local session on a conversation, and hands connection counts to presence.
 pub struct AttendanceReporter {
-    queue: mpsc::Sender<(Topic, Arc<Principal>, bool)>,
+    queue: mpsc::Sender<Reported>,
+}
+
+/// What the hub reported, waiting to be acted on.
+enum Reported {
+    Attendance(Topic, Arc<Principal>, bool),
+    Connections(Arc<Principal>, usize, bool),
 }
 
 impl AttendanceReporter {
     /// The reporter to install in the hub, and the task that publishes what it reports.
     pub fn start(state: &AppState) -> Arc<Self> {
-        let (queue, mut changes) = mpsc::channel::<(Topic, Arc<Principal>, bool)>(ATTENDANCE_QUEUE);
+        let (queue, mut changes) = mpsc::channel::<Reported>(ATTENDANCE_QUEUE);
         let state = state.clone();
         state.tasks.clone().spawn(async move {
             loop {
@@ -555,7 +561,14 @@ impl AttendanceReporter {
                     _ = state.shutdown.cancelled() => return,
                     change = changes.recv() => change,
                 };
-                let Some((topic, principal, present)) = change else { return };
+                let (topic, principal, present) = match change {
+                    None => return,
+                    Some(Reported::Connections(principal, connections, opened)) => {
+                        crate::presence::connections_changed(&state, principal, connections, opened).await;
+                        continue;
+                    }
+                    Some(Reported::Attendance(topic, principal, present)) => (topic, principal, present),
+                };
                 let mut data = json!({"userId": principal.user_id.as_str()});
                 if present {
                     data["userName"] = principal.name.as_deref().map_or(Value::Null, Value::from);
@@ -577,8 +590,14 @@ impl AttendanceReporter {
 
 impl Attendance for AttendanceReporter {
     fn changed(&self, topic: &Topic, principal: &Principal, present: bool) {
-        if self.queue.try_send((topic.clone(), Arc::new(principal.clone()), present)).is_err() {
+        if self.queue.try_send(Reported::Attendance(topic.clone(), Arc::new(principal.clone()), present)).is_err() {
             metrics::counter!(m::CHAT_EVENTS, "event" => "attendance_dropped").increment(1);
+        }
+    }
+
+    fn connections(&self, principal: &Principal, connections: usize, opened: bool) {
+        if self.queue.try_send(Reported::Connections(Arc::new(principal.clone()), connections, opened)).is_err() {
+            metrics::counter!(m::CHAT_EVENTS, "event" => "presence_dropped").increment(1);
         }
     }
 }

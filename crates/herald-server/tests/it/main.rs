@@ -7,6 +7,7 @@ mod engineio;
 mod inbox;
 mod limits;
 mod ops;
+mod presence;
 mod publish;
 mod recovery;
 mod socketio;

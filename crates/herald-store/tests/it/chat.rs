@@ -190,3 +190,24 @@ pub async fn blocks_are_per_user(store: &dyn Store) {
     assert!(!chat.unblock("alice", "eve").await.unwrap());
     assert_eq!(chat.blocked("alice").await.unwrap(), users(&["mallory"]));
 }
+
+pub async fn presence_is_stored_per_user_and_contacts_share_a_conversation(store: &dyn Store) {
+    let chat = store.chat();
+    room_with(store, &["alice", "bob"]).await;
+    chat.add_members("chat:other", &users(&["carol"]), "member", 1).await.unwrap();
+    assert!(chat.share_conversation("alice", "bob").await.unwrap());
+    assert!(!chat.share_conversation("alice", "carol").await.unwrap());
+    let mut presence = herald_store::StoredPresence {
+        user_id: "alice".into(),
+        status: "away".into(),
+        custom_status: Some("lunch 🍜".into()),
+        last_seen: None,
+        updated_at: 5,
+    };
+    chat.save_presence(&presence).await.unwrap();
+    presence.status = "busy".into();
+    presence.last_seen = Some(9);
+    chat.save_presence(&presence).await.unwrap();
+    let found = chat.presences(&users(&["nobody", "alice"])).await.unwrap();
+    assert_eq!(found, vec![presence], "the latest, and nothing for users without one");
+}

@@ -91,6 +91,7 @@ conformance!(
     receipts_move_forward_once_and_only_for_members,
     reactions_are_stored_per_member_and_emoji,
     blocks_are_per_user,
+    presence_is_stored_per_user_and_contacts_share_a_conversation,
 );
 
 mod chat;
