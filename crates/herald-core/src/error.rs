@@ -40,6 +40,8 @@ pub enum ErrorCode {
     NotFound,
     /// The store (SQLite or PostgreSQL) failed or is unreachable.
     StoreUnavailable,
+    /// The resource is not in a state that allows this (e.g. answering a call that ended).
+    Conflict,
     /// An unexpected internal failure; details are only in the logs.
     Internal,
 }
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::BrokerUnavailable => "BROKER_UNAVAILABLE",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
+            ErrorCode::Conflict => "CONFLICT",
             ErrorCode::Internal => "INTERNAL",
         }
     }

@@ -283,6 +283,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{topic}/messages", get(chat_api::messages))
         .route("/api/conversations/{topic}/online", get(chat_api::online))
         .route("/api/me/conversations", get(chat_api::my_conversations))
+        .route("/api/me/calls", get(crate::calls::history))
         .route("/api/me/blocks", get(chat_api::my_blocks).post(chat_api::block))
         .route("/api/me/blocks/{user}", delete(chat_api::unblock))
         .route("/api/messages/{id}/receipts", get(chat_api::receipts))

@@ -196,6 +196,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_PRESENCE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub presence_grace: Duration,
 
+    /// How long a call rings unanswered before it is missed.
+    #[arg(long, env = "HERALD_CALL_RING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub call_ring_timeout: Duration,
+
     /// Most concurrent connections on this node; further ones get 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -309,6 +313,7 @@ pub struct Settings {
     pub event_limits: crate::limits::EventLimits,
     pub typing_timeout: Duration,
     pub presence_grace: Duration,
+    pub call_ring_timeout: Duration,
     pub session_queue: usize,
     pub max_topics_per_session: usize,
     pub shutdown_timeout: Duration,
@@ -344,6 +349,7 @@ impl Settings {
             event_limits: crate::limits::EventLimits::default(),
             typing_timeout: Duration::from_secs(5),
             presence_grace: Duration::from_secs(5),
+            call_ring_timeout: Duration::from_secs(30),
             session_queue: defaults::SESSION_QUEUE,
             max_topics_per_session: defaults::MAX_TOPICS_PER_SESSION,
             shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
@@ -453,6 +459,7 @@ impl Config {
             event_limits: crate::limits::EventLimits::parse(&self.rate_limits).map_err(ConfigError::RateLimits)?,
             typing_timeout: self.typing_timeout.max(Duration::from_millis(100)),
             presence_grace: self.presence_grace,
+            call_ring_timeout: self.call_ring_timeout.max(Duration::from_millis(100)),
             session_queue: self.session_queue.max(1),
             max_topics_per_session: self.max_topics_per_session.max(2),
             shutdown_timeout: ms(self.shutdown_timeout),

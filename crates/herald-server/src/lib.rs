@@ -10,6 +10,7 @@
 //! connection task is tracked and awaited on shutdown.
 
 pub mod app;
+pub mod calls;
 pub mod chat;
 pub mod config;
 pub mod http;

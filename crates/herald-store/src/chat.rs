@@ -27,6 +27,9 @@ pub enum ChatError {
     /// Only the author may change a message.
     #[error("only the author may change this message")]
     NotAuthor,
+    /// The call's state does not allow this step.
+    #[error("the call's state does not allow this")]
+    Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -136,6 +139,36 @@ pub struct StoredPresence {
     pub updated_at: i64,
 }
 
+/// A call between two users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub id: i64,
+    pub caller_id: String,
+    pub callee_id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// `ringing`, `active`, `ended` or `missed`.
+    pub state: String,
+    /// Why it ended: `completed`, `rejected`, `cancelled`, `missed`.
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// A step of a call's state machine, and who may take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStep {
+    /// The callee answers a ringing call: it becomes active.
+    Answer,
+    /// The callee rejects a ringing call: it ends (`rejected`).
+    Reject,
+    /// Either party ends a ringing (`cancelled`) or active (`completed`) call.
+    End,
+    /// Nobody answered in time: a ringing call is `missed`.
+    Miss,
+}
+
 /// The largest page of messages one query returns.
 pub const MAX_MESSAGE_PAGE: u32 = 200;
 
@@ -241,6 +274,32 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The users `user` has blocked, sorted.
     fn blocked<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
 
+    /// Starts a call (ringing).
+    fn create_call<'a>(
+        &'a self,
+        caller: &'a str,
+        callee: &'a str,
+        kind: &'a str,
+        at: i64,
+    ) -> BoxFuture<'a, Result<Call, StoreError>>;
+
+    /// Takes `step` on call `id` for `user` (a party; for answer and reject, the callee;
+    /// for a miss, anyone). `NotFound` when the call is not theirs, `Conflict` when its
+    /// state does not allow the step.
+    fn step_call<'a>(
+        &'a self,
+        user: &'a str,
+        id: i64,
+        step: CallStep,
+        at: i64,
+    ) -> BoxFuture<'a, Result<Call, ChatError>>;
+
+    /// A call, for one of its parties.
+    fn call<'a>(&'a self, user: &'a str, id: i64) -> BoxFuture<'a, Result<Call, ChatError>>;
+
+    /// A user's calls, newest first.
+    fn calls_of<'a>(&'a self, user: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<Call>, StoreError>>;
+
     /// Whether two users are members of at least one conversation together.
     fn share_conversation<'a>(&'a self, a: &'a str, b: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 
@@ -286,6 +345,48 @@ where
         edited_at: row.try_get(13)?,
         deleted_at: row.try_get(14)?,
     })
+}
+
+/// The columns every query that returns calls selects, in [`decode_call`]'s order.
+macro_rules! call_columns {
+    () => {
+        "id, caller_id, callee_id, type, state, reason, created_at, answered_at, ended_at"
+    };
+}
+pub(crate) use call_columns;
+
+/// Reads one row selected with [`call_columns!`], from either backend.
+pub(crate) fn decode_call<R>(row: &R) -> Result<Call, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    Ok(Call {
+        id: row.try_get(0)?,
+        caller_id: row.try_get(1)?,
+        callee_id: row.try_get(2)?,
+        kind: row.try_get(3)?,
+        state: row.try_get(4)?,
+        reason: row.try_get(5)?,
+        created_at: row.try_get(6)?,
+        answered_at: row.try_get(7)?,
+        ended_at: row.try_get(8)?,
+    })
+}
+
+/// What a call step needs: the states it starts from, the state and reason it leads to,
+/// and whether only the callee may take it.
+pub(crate) fn step_rule(step: CallStep) -> (&'static str, &'static str, &'static str, Option<&'static str>, bool) {
+    match step {
+        CallStep::Answer => ("ringing", "ringing", "active", None, true),
+        CallStep::Reject => ("ringing", "ringing", "ended", Some("rejected"), true),
+        CallStep::End => ("ringing", "active", "ended", None, false),
+        CallStep::Miss => ("ringing", "ringing", "missed", Some("missed"), false),
+    }
 }
 
 /// Why a change to message `id` by `user` matched no row: it is not there for them, or
@@ -770,6 +871,118 @@ macro_rules! chat_store {
                         .await?
                         .rows_affected();
                     Ok(deleted > 0)
+                })
+            }
+
+            fn create_call<'a>(
+                &'a self,
+                caller: &'a str,
+                callee: &'a str,
+                kind: &'a str,
+                at: i64,
+            ) -> $crate::BoxFuture<'a, Result<$crate::chat::Call, $crate::StoreError>> {
+                use $crate::chat::{call_columns, decode_call};
+                Box::pin(async move {
+                    let _turn = self.write_turn().await;
+                    let row = sqlx::query(concat!(
+                        "INSERT INTO herald_calls (caller_id, callee_id, type, state, created_at) ",
+                        "VALUES ($1, $2, $3, 'ringing', $4) RETURNING ",
+                        call_columns!()
+                    ))
+                    .bind(caller)
+                    .bind(callee)
+                    .bind(kind)
+                    .bind(at)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok(decode_call(&row)?)
+                })
+            }
+
+            fn step_call<'a>(
+                &'a self,
+                user: &'a str,
+                id: i64,
+                step: $crate::chat::CallStep,
+                at: i64,
+            ) -> $crate::BoxFuture<'a, Result<$crate::chat::Call, $crate::chat::ChatError>> {
+                use $crate::chat::{CallStep, ChatError, call_columns, decode_call, step_rule};
+                Box::pin(async move {
+                    let (from_a, from_b, to, reason, callee_only) = step_rule(step);
+                    // Ending an active call completes it; ending a ringing one cancels it.
+                    let _turn = self.write_turn().await;
+                    let row = sqlx::query(concat!(
+                        "UPDATE herald_calls SET state = $1, ",
+                        "reason = CASE WHEN $1 = 'active' THEN NULL ",
+                        "ELSE COALESCE($2, CASE WHEN state = 'active' THEN 'completed' ELSE 'cancelled' END) END, ",
+                        "answered_at = CASE WHEN $1 = 'active' THEN $3 ELSE answered_at END, ",
+                        "ended_at = CASE WHEN $1 = 'active' THEN NULL ELSE $3 END ",
+                        "WHERE id = $4 AND (state = $5 OR state = $6) ",
+                        "AND ($7 = '' OR callee_id = $7 OR (caller_id = $7 AND $8 = 0)) RETURNING ",
+                        call_columns!()
+                    ))
+                    .bind(to)
+                    .bind(reason)
+                    .bind(at)
+                    .bind(id)
+                    .bind(from_a)
+                    .bind(from_b)
+                    .bind(if step == CallStep::Miss { "" } else { user })
+                    .bind(i64::from(callee_only))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    match row {
+                        Some(row) => Ok(decode_call(&row)?),
+                        None => {
+                            let call = self.call(if step == CallStep::Miss { "" } else { user }, id).await;
+                            match call {
+                                Ok(call) if callee_only && call.callee_id != user => Err(ChatError::NotFound),
+                                Ok(_) => Err(ChatError::Conflict),
+                                Err(error) => Err(error),
+                            }
+                        }
+                    }
+                })
+            }
+
+            fn call<'a>(
+                &'a self,
+                user: &'a str,
+                id: i64,
+            ) -> $crate::BoxFuture<'a, Result<$crate::chat::Call, $crate::chat::ChatError>> {
+                use $crate::chat::{ChatError, call_columns, decode_call};
+                Box::pin(async move {
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        call_columns!(),
+                        " FROM herald_calls WHERE id = $1 AND ($2 = '' OR caller_id = $2 OR callee_id = $2)"
+                    ))
+                    .bind(id)
+                    .bind(user)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(ChatError::NotFound)?;
+                    Ok(decode_call(&row)?)
+                })
+            }
+
+            fn calls_of<'a>(
+                &'a self,
+                user: &'a str,
+                limit: u32,
+            ) -> $crate::BoxFuture<'a, Result<Vec<$crate::chat::Call>, $crate::StoreError>> {
+                use $crate::chat::{call_columns, decode_call};
+                Box::pin(async move {
+                    let rows = sqlx::query(concat!(
+                        "SELECT ",
+                        call_columns!(),
+                        " FROM herald_calls WHERE caller_id = $1 OR callee_id = $1 ORDER BY id DESC LIMIT $2"
+                    ))
+                    .bind(user)
+                    .bind(i64::from(limit.clamp(1, 200)))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    Ok(rows.iter().map(decode_call).collect::<Result<Vec<_>, _>>()?)
                 })
             }
 

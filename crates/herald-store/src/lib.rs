@@ -22,8 +22,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chat::{
-    ChatError, ChatStore, Member, Message, NewMessage, Posted, Reaction, Receipt, ReceiptChange, ReceiptKind,
-    StoredPresence,
+    Call, CallStep, ChatError, ChatStore, Member, Message, NewMessage, Posted, Reaction, Receipt, ReceiptChange,
+    ReceiptKind, StoredPresence,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -44,6 +44,13 @@ fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0003_presence.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            4,
+            "calls".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0004_calls.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

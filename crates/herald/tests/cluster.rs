@@ -525,6 +525,15 @@ async fn conversations_span_nodes_with_membership_blocks_and_removal_applied_eve
         bob_b.expect_where(|frame| frame["type"] == "presence:update" && frame["payload"]["status"] == "busy").await;
     assert_eq!(update["payload"]["customStatus"], "in a call");
 
+    // A call from a rings bob on b; his answer on b reaches alice on a, and her other
+    // device on b is told too.
+    let call = ask(&mut alice_a, "call:initiate", json!({"calleeId": "bob", "type": "audio"})).await;
+    let call_id = call["callId"].as_str().unwrap().to_owned();
+    assert_eq!(bob_b.expect("call:incoming").await["callId"].as_str(), Some(call_id.as_str()));
+    ask(&mut bob_b, "call:answer", json!({"callId": call_id})).await;
+    assert_eq!(alice_a.expect("call:answer").await["userId"], "bob");
+    assert_eq!(alice_b.expect("call:answer").await["state"], "active");
+
     // Alice blocks mallory through node b: her device on a stops hearing mallory too.
     let (status, _) = request(&b, "POST", "/api/me/blocks", &token("alice"), Some(json!({"userId": "mallory"}))).await;
     assert_eq!(status, 200);

@@ -1,4 +1,4 @@
-//! The conversation and presence commands a socket sends, by canonical name (seed 003's
+//! The conversation, presence and call commands a socket sends, by canonical name (seed 003's
 //! set; seed 001's `TYPING` arrives as `message:typing` through its dialect). Transport-neutral:
 //! plain WebSocket and Socket.IO call [`command`] and send the answer as their ack.
 
@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use herald_core::{ErrorCode, SessionGuard, Topic};
-use herald_store::ReceiptKind;
+use herald_store::{CallStep, ReceiptKind};
 use serde_json::{Value, json};
 
 use super::{Failure, MAX_JOIN_MULTIPLE, MAX_RECEIPT_IDS, PostRequest, conversation, id_field, message_id};
@@ -34,6 +34,11 @@ pub const COMMANDS: &[&str] = &[
     "presence:update",
     "presence:subscribe",
     "presence:unsubscribe",
+    "call:initiate",
+    "call:answer",
+    "call:reject",
+    "call:end",
+    "call:ice-candidate",
 ];
 
 pub fn is_command(name: &str) -> bool {
@@ -200,6 +205,16 @@ pub fn command(state: &AppState, session: &SessionGuard, name: &str, data: Value
             Box::pin(async move { crate::presence::subscribe(&state, id, &principal, &data).await })
         }
         "presence:unsubscribe" => ready(crate::presence::unsubscribe(&state, session.id(), &data)),
+        "call:initiate" => Box::pin(async move { crate::calls::initiate(&state, &principal, &data).await }),
+        "call:answer" | "call:reject" | "call:end" => {
+            let step = match name {
+                "call:answer" => CallStep::Answer,
+                "call:reject" => CallStep::Reject,
+                _ => CallStep::End,
+            };
+            Box::pin(async move { crate::calls::step(&state, &principal, &data, step).await })
+        }
+        "call:ice-candidate" => Box::pin(async move { crate::calls::ice_candidate(&state, &principal, &data).await }),
         _ => return None,
     };
     Some(answer)

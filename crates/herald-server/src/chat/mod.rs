@@ -135,6 +135,7 @@ pub fn chat_error(error: ChatError) -> Failure {
         ChatError::NotMember => (ErrorCode::MembershipRequired, "not a member of this conversation".into()),
         ChatError::NotFound => (ErrorCode::NotFound, "message not found".into()),
         ChatError::NotAuthor => (ErrorCode::Forbidden, "only the author may change this message".into()),
+        ChatError::Conflict => (ErrorCode::Conflict, "the call's state does not allow this".into()),
         ChatError::Store(error) => store_failure(error),
     }
 }

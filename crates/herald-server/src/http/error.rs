@@ -43,6 +43,7 @@ impl ApiError {
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::InvalidTopic | ErrorCode::InvalidJson | ErrorCode::InvalidPayload | ErrorCode::UnknownEvent => {
                 StatusCode::BAD_REQUEST
             }

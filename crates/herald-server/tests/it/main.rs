@@ -2,6 +2,7 @@
 //! Herald's behaviour tests: a real gateway on 127.0.0.1:0, real clients
 //! (tokio-tungstenite, reqwest + eventsource-stream, the npm socket.io-client).
 
+mod calls;
 mod chat;
 mod engineio;
 mod inbox;

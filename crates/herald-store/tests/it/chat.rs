@@ -211,3 +211,43 @@ pub async fn presence_is_stored_per_user_and_contacts_share_a_conversation(store
     let found = chat.presences(&users(&["nobody", "alice"])).await.unwrap();
     assert_eq!(found, vec![presence], "the latest, and nothing for users without one");
 }
+
+pub async fn calls_follow_their_state_machine_between_their_two_parties(store: &dyn Store) {
+    use herald_store::CallStep;
+    let chat = store.chat();
+    let call = chat.create_call("alice", "bob", "video", 10).await.unwrap();
+    assert_eq!((call.state.as_str(), call.kind.as_str(), call.reason.clone()), ("ringing", "video", None));
+    assert!(
+        matches!(chat.step_call("alice", call.id, CallStep::Answer, 11).await, Err(ChatError::NotFound)),
+        "only the callee answers"
+    );
+    assert!(matches!(chat.step_call("mallory", call.id, CallStep::End, 11).await, Err(ChatError::NotFound)));
+    assert!(matches!(chat.call("mallory", call.id).await, Err(ChatError::NotFound)));
+    let active = chat.step_call("bob", call.id, CallStep::Answer, 12).await.unwrap();
+    assert_eq!((active.state.as_str(), active.answered_at), ("active", Some(12)));
+    assert!(
+        matches!(chat.step_call("bob", call.id, CallStep::Answer, 13).await, Err(ChatError::Conflict)),
+        "answered once"
+    );
+    assert!(
+        matches!(chat.step_call("bob", call.id, CallStep::Miss, 13).await, Err(ChatError::Conflict)),
+        "an active call is not missed"
+    );
+    let ended = chat.step_call("alice", call.id, CallStep::End, 20).await.unwrap();
+    assert_eq!((ended.state.as_str(), ended.reason.as_deref(), ended.ended_at), ("ended", Some("completed"), Some(20)));
+    assert!(matches!(chat.step_call("bob", call.id, CallStep::End, 21).await, Err(ChatError::Conflict)));
+
+    let unanswered = chat.create_call("alice", "bob", "audio", 30).await.unwrap();
+    let missed = chat.step_call("", unanswered.id, CallStep::Miss, 60).await.unwrap();
+    assert_eq!((missed.state.as_str(), missed.reason.as_deref()), ("missed", Some("missed")));
+    let rejected = chat.create_call("bob", "alice", "audio", 70).await.unwrap();
+    let rejected = chat.step_call("alice", rejected.id, CallStep::Reject, 71).await.unwrap();
+    assert_eq!(rejected.reason.as_deref(), Some("rejected"));
+    let cancelled = chat.create_call("alice", "carol", "audio", 80).await.unwrap();
+    assert_eq!(
+        chat.step_call("alice", cancelled.id, CallStep::End, 81).await.unwrap().reason.as_deref(),
+        Some("cancelled")
+    );
+    let history: Vec<i64> = chat.calls_of("bob", 10).await.unwrap().iter().map(|call| call.id).collect();
+    assert_eq!(history, vec![rejected.id, unanswered.id, call.id], "newest first, only bob's");
+}

@@ -92,6 +92,7 @@ conformance!(
     reactions_are_stored_per_member_and_emoji,
     blocks_are_per_user,
     presence_is_stored_per_user_and_contacts_share_a_conversation,
+    calls_follow_their_state_machine_between_their_two_parties,
 );
 
 mod chat;
