@@ -71,6 +71,12 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
+    /// Whether any node has a subscriber of `topic` now, for events that matter only to
+    /// current subscribers (presence changes). `true` when the broker cannot tell.
+    fn has_subscribers<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
     /// Where `user` is connected across the cluster; `None` when the broker keeps no
     /// shared presence (one node: the hub knows).
     fn presence<'a>(&'a self, _user: &'a UserId) -> BoxFuture<'a, Result<Option<UserPresence>, BrokerError>> {
@@ -148,6 +154,10 @@ impl Broker for MemoryBroker {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    fn has_subscribers<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.hub.subscriber_count(topic) > 0)))
     }
 
     fn kind(&self) -> &'static str {

@@ -921,6 +921,19 @@ impl Broker for RedisBroker {
     fn presence<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, Result<Option<UserPresence>, BrokerError>> {
         Box::pin(async move { self.inner.presence(user).await.map(Some) })
     }
+
+    fn has_subscribers<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            // A node subscribes to a topic's channel exactly while it has local subscribers.
+            let mut connection = self.inner.commands.clone();
+            let channel = self.inner.keys.channel(topic.as_str());
+            let counts: Vec<(String, u64)> = self
+                .inner
+                .timed(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut connection))
+                .await?;
+            Ok(counts.iter().any(|(_, count)| *count > 0))
+        })
+    }
 }
 
 #[cfg(test)]

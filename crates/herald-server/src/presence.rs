@@ -91,6 +91,16 @@ pub async fn current(state: &AppState, user: &UserId) -> Result<Value, Failure> 
     Ok(view(user, online, stored(state, user).await?.as_ref()))
 }
 
+/// Whether anyone follows `user`'s presence now: coming online and going offline are
+/// announced only then (a subscriber gets the current state when it subscribes), so that
+/// connections of users nobody follows cost no publication.
+async fn followed(state: &AppState, user: &UserId) -> Result<bool, Failure> {
+    state.broker.has_subscribers(&Topic::presence(user)).await.map_err(|error| {
+        tracing::warn!(%error, "presence subscribers unknown");
+        (ErrorCode::BrokerUnavailable, "the broker could not answer".into())
+    })
+}
+
 async fn announce(state: &AppState, user: &UserId, data: Value) -> Result<(), Failure> {
     let event = Event::from_value("presence:update", &data)
         .map_err(|error| (ErrorCode::Internal, error.to_string()))?
@@ -218,6 +228,9 @@ pub async fn connections_changed(state: &AppState, principal: Arc<Principal>, co
 }
 
 async fn came_online(state: &AppState, user: &UserId) -> Result<(), Failure> {
+    if !followed(state, user).await? {
+        return Ok(());
+    }
     let stored = stored(state, user).await?;
     announce(state, user, view(user, true, stored.as_ref())).await
 }
@@ -232,5 +245,8 @@ async fn went_offline(state: &AppState, user: &UserId) -> Result<(), Failure> {
     presence.last_seen = Some(now);
     presence.updated_at = now;
     state.inbox.store().chat().save_presence(&presence).await.map_err(store_failure)?;
+    if !followed(state, user).await? {
+        return Ok(());
+    }
     announce(state, user, view(user, false, Some(&presence))).await
 }
