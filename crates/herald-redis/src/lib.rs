@@ -927,10 +927,8 @@ impl Broker for RedisBroker {
             // A node subscribes to a topic's channel exactly while it has local subscribers.
             let mut connection = self.inner.commands.clone();
             let channel = self.inner.keys.channel(topic.as_str());
-            let counts: Vec<(String, u64)> = self
-                .inner
-                .timed(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut connection))
-                .await?;
+            let counts: Vec<(String, u64)> =
+                self.inner.timed(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut connection)).await?;
             Ok(counts.iter().any(|(_, count)| *count > 0))
         })
     }

@@ -36,11 +36,43 @@ pub struct Presence {
     /// Each leaving user's grace period, by a number that a return invalidates.
     leaving: Mutex<HashMap<UserId, u64>>,
     next: std::sync::atomic::AtomicU64,
+    /// Last-seen times not yet written: many users leave at once (a load balancer
+    /// draining, a deploy), and one transaction a second costs far less than one each.
+    unsaved: Mutex<HashMap<String, i64>>,
 }
+
+/// How often last-seen times are written.
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(1);
+/// Most last-seen times held between writes; more are written at once.
+const MAX_UNSAVED: usize = 50_000;
 
 impl Presence {
     pub fn new(grace: Duration) -> Self {
-        Self { grace, leaving: Mutex::default(), next: Default::default() }
+        Self { grace, leaving: Mutex::default(), next: Default::default(), unsaved: Mutex::default() }
+    }
+}
+
+/// Writes the last-seen times gathered since the last run, every second until shutdown
+/// (and once more then).
+pub async fn run_last_seen_writer(state: AppState) {
+    let mut ticker = tokio::time::interval(LAST_SEEN_FLUSH);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = state.shutdown.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
+        flush_last_seen(&state).await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn flush_last_seen(state: &AppState) {
+    let seen: Vec<(String, i64)> = std::mem::take(&mut *state.presence.unsaved.lock()).into_iter().collect();
+    if let Err(error) = state.inbox.store().chat().save_last_seen(&seen).await {
+        tracing::warn!(%error, users = seen.len(), "last-seen times not saved");
     }
 }
 
@@ -240,13 +272,19 @@ async fn went_offline(state: &AppState, user: &UserId) -> Result<(), Failure> {
         // Connected elsewhere in the cluster meanwhile.
         return Ok(());
     }
-    let mut presence = stored(state, user).await?.unwrap_or_else(|| first_presence(user));
     let now = now_ms();
-    presence.last_seen = Some(now);
-    presence.updated_at = now;
-    state.inbox.store().chat().save_presence(&presence).await.map_err(store_failure)?;
+    let full = {
+        let mut unsaved = state.presence.unsaved.lock();
+        unsaved.insert(user.as_str().to_owned(), now);
+        unsaved.len() >= MAX_UNSAVED
+    };
+    if full {
+        flush_last_seen(state).await;
+    }
     if !followed(state, user).await? {
         return Ok(());
     }
+    let mut presence = stored(state, user).await?.unwrap_or_else(|| first_presence(user));
+    presence.last_seen = Some(now);
     announce(state, user, view(user, false, Some(&presence))).await
 }

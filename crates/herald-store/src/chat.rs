@@ -306,6 +306,10 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Stores a user's presence, replacing what was there.
     fn save_presence<'a>(&'a self, presence: &'a StoredPresence) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Records when each user was last seen, in one transaction (a user without a stored
+    /// presence gets one, `online` by choice).
+    fn save_last_seen<'a>(&'a self, seen: &'a [(String, i64)]) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// The stored presence of each user named who has one, in the order named.
     fn presences<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Result<Vec<StoredPresence>, StoreError>>;
 }
@@ -1022,6 +1026,32 @@ macro_rules! chat_store {
                     .bind(presence.updated_at)
                     .execute(&self.pool)
                     .await?;
+                    Ok(())
+                })
+            }
+
+            fn save_last_seen<'a>(
+                &'a self,
+                seen: &'a [(String, i64)],
+            ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
+                Box::pin(async move {
+                    if seen.is_empty() {
+                        return Ok(());
+                    }
+                    let _turn = self.write_turn().await;
+                    let mut tx = self.pool.begin().await?;
+                    for (user, at) in seen {
+                        sqlx::query(concat!(
+                            "INSERT INTO herald_presence (user_id, status, custom_status, last_seen, updated_at) ",
+                            "VALUES ($1, 'online', NULL, $2, $2) ON CONFLICT (user_id) DO UPDATE SET ",
+                            "last_seen = excluded.last_seen, updated_at = excluded.updated_at"
+                        ))
+                        .bind(user)
+                        .bind(*at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
                     Ok(())
                 })
             }

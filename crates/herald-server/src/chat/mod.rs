@@ -627,8 +627,10 @@ pub fn join_all(state: &AppState, session: &herald_core::SessionGuard) {
     });
 }
 
-/// Starts the conversation tasks: attendance reports from the hub, typing expiry.
+/// Starts the conversation tasks: attendance reports from the hub, typing expiry, the
+/// last-seen writer.
 pub fn install(state: &AppState, hub: &Hub) {
     hub.set_attendance(AttendanceReporter::start(state));
     state.tasks.spawn(Chat::run_typing_expiry(state.clone()));
+    state.tasks.spawn(crate::presence::run_last_seen_writer(state.clone()));
 }

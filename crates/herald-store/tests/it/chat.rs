@@ -209,7 +209,14 @@ pub async fn presence_is_stored_per_user_and_contacts_share_a_conversation(store
     presence.last_seen = Some(9);
     chat.save_presence(&presence).await.unwrap();
     let found = chat.presences(&users(&["nobody", "alice"])).await.unwrap();
-    assert_eq!(found, vec![presence], "the latest, and nothing for users without one");
+    assert_eq!(found, vec![presence.clone()], "the latest, and nothing for users without one");
+    chat.save_last_seen(&[("alice".into(), 20), ("dave".into(), 21)]).await.unwrap();
+    let found = chat.presences(&users(&["alice", "dave"])).await.unwrap();
+    assert_eq!(
+        (found[0].status.as_str(), found[0].last_seen, found[0].custom_status.as_deref()),
+        ("busy", Some(20), Some("lunch 🍜"))
+    );
+    assert_eq!((found[1].status.as_str(), found[1].last_seen), ("online", Some(21)), "a first record for dave");
 }
 
 pub async fn calls_follow_their_state_machine_between_their_two_parties(store: &dyn Store) {
