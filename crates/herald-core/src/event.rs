@@ -101,20 +101,18 @@ impl Event {
         } else {
             data
         };
-        Ok(Self {
-            name: Arc::from(name),
-            data: Arc::from(data),
-            position: None,
-            stream: None,
-            sender: None,
-            directive: None,
-        })
+        Ok(Self::bare(name, data))
     }
 
     /// An event Herald itself emits under a constant name it knows to be valid, with
     /// payload text it built (single-line JSON); skips the checks of [`Event::new`].
     pub fn internal(name: &'static str, data: Box<RawValue>) -> Self {
         debug_assert!(validate_event_name(name).is_ok(), "invalid internal event name {name:?}");
+        Self::bare(name, data)
+    }
+
+    /// An event with no position, sender or directive yet.
+    fn bare(name: &str, data: Box<RawValue>) -> Self {
         Self {
             name: Arc::from(name),
             data: Arc::from(data),

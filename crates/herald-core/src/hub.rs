@@ -660,28 +660,22 @@ impl Hub {
         }
     }
 
+    /// The local sessions subscribed to `topic` (taken with the topic map's lock released
+    /// before the session map's is taken).
+    fn subscriber_ids(&self, topic: &Topic) -> Vec<SessionId> {
+        self.inner.topics.read().get(topic).map(|subscribers| subscribers.keys().copied().collect()).unwrap_or_default()
+    }
+
     /// The sessions of `user` subscribed to `topic`.
     fn sessions_of_on(&self, user: &UserId, topic: &Topic) -> Vec<SessionId> {
-        let ids: Vec<SessionId> = self
-            .inner
-            .topics
-            .read()
-            .get(topic)
-            .map(|subscribers| subscribers.keys().copied().collect())
-            .unwrap_or_default();
+        let ids = self.subscriber_ids(topic);
         let sessions = self.inner.sessions.read();
         ids.into_iter().filter(|id| sessions.get(id).is_some_and(|entry| entry.principal.user_id == *user)).collect()
     }
 
     /// The users with a session on this node subscribed to `topic`, each once, sorted.
     pub fn users_on(&self, topic: &Topic) -> Vec<UserId> {
-        let ids: Vec<SessionId> = self
-            .inner
-            .topics
-            .read()
-            .get(topic)
-            .map(|subscribers| subscribers.keys().copied().collect())
-            .unwrap_or_default();
+        let ids = self.subscriber_ids(topic);
         let sessions = self.inner.sessions.read();
         let users: BTreeSet<&str> =
             ids.iter().filter_map(|id| sessions.get(id)).map(|entry| entry.principal.user_id.as_str()).collect();

@@ -77,7 +77,7 @@ async fn flush_last_seen(state: &AppState) {
 }
 
 /// Whether `user` is connected anywhere (the broker's shared presence, or this node).
-async fn online(state: &AppState, user: &UserId) -> Result<bool, Failure> {
+pub async fn online(state: &AppState, user: &UserId) -> Result<bool, Failure> {
     match state.broker.presence(user).await {
         Ok(Some(presence)) => Ok(presence.online),
         Ok(None) => Ok(state.hub.is_online(user)),

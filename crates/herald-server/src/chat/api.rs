@@ -54,6 +54,11 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(ErrorCode::InvalidJson, error.to_string()))
 }
 
+/// A message id from a URL path.
+fn id_in_path(text: String) -> Result<i64, ApiError> {
+    message_id(Some(&Value::from(text))).map_err(api_error)
+}
+
 fn topic_of(name: &str) -> Result<Topic, ApiError> {
     conversation_topic(name).map_err(api_error)
 }
@@ -239,7 +244,7 @@ pub async fn receipts(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let principal = user_of(&state, &headers, raw.as_deref())?;
-    let id = message_id(Some(&Value::from(id))).map_err(api_error)?;
+    let id = id_in_path(id)?;
     let receipts = store(&state)
         .receipts(principal.user_id.as_str(), id)
         .await
@@ -261,7 +266,7 @@ pub async fn reactions(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let principal = user_of(&state, &headers, raw.as_deref())?;
-    let id = message_id(Some(&Value::from(id))).map_err(api_error)?;
+    let id = id_in_path(id)?;
     let mut body = super::reactions(&state, &principal, id).await.map_err(api_error)?;
     body["success"] = Value::from(true);
     Ok(Json(body))
@@ -336,7 +341,7 @@ pub async fn community_edit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = user_of(&state, &headers, raw.as_deref())?;
-    let id = message_id(Some(&Value::from(id))).map_err(api_error)?;
+    let id = id_in_path(id)?;
     let data = json_body(body)?;
     let content = data.get("content").and_then(Value::as_str).ok_or_else(|| invalid("content must be a string"))?;
     let message = super::edit(&state, &principal, id, content).await.map_err(api_error)?;
@@ -351,7 +356,7 @@ pub async fn community_delete(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let principal = user_of(&state, &headers, raw.as_deref())?;
-    let id = message_id(Some(&Value::from(id))).map_err(api_error)?;
+    let id = id_in_path(id)?;
     super::delete(&state, &principal, id).await.map_err(api_error)?;
     Ok(Json(json!({"success": true, "data": {"messageId": id.to_string()}})))
 }

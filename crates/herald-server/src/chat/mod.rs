@@ -443,15 +443,7 @@ pub async fn online_members(state: &AppState, principal: &Principal, topic: &Top
     let mut online = Vec::new();
     for member in members {
         let Ok(user) = UserId::parse(&member.user_id) else { continue };
-        let present = match state.broker.presence(&user).await {
-            Ok(Some(presence)) => presence.online,
-            Ok(None) => state.hub.is_online(&user),
-            Err(error) => {
-                tracing::warn!(%error, "presence unavailable");
-                return Err((ErrorCode::BrokerUnavailable, "presence is unavailable while the broker is".into()));
-            }
-        };
-        if present {
+        if crate::presence::online(state, &user).await? {
             online.push(member.user_id);
         }
     }
