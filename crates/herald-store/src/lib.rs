@@ -15,6 +15,7 @@
 //!   backends store the same values.
 
 pub mod chat;
+pub mod outbox;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,7 @@ pub use chat::{
     Call, CallStep, ChatError, ChatStore, Member, Message, NewMessage, Posted, Reaction, Receipt, ReceiptChange,
     ReceiptKind, StoredPresence,
 };
+pub use outbox::{Failure, NewOutboxEvent, OutboxEvent, OutboxListener, OutboxStats, OutboxStore};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -207,6 +209,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The same database's conversations (rooms, groups, chats).
     fn chat(&self) -> &dyn ChatStore;
+
+    /// The same database's outbox of notification events.
+    fn outbox(&self) -> &dyn OutboxStore;
 
     /// Creates the notifications in one transaction, in order; ids increase in that order.
     fn create(&self, batch: Vec<NewNotification>) -> BoxFuture<'_, Result<Vec<Created>, StoreError>>;

@@ -47,10 +47,18 @@ fn migrator() -> Migrator {
             include_str!("../migrations/postgres/0004_calls.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            5,
+            "outbox".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0005_outbox.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
 crate::chat::chat_store!(PostgresStore);
+crate::outbox::outbox_store!(PostgresStore, " FOR UPDATE SKIP LOCKED");
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -69,6 +77,11 @@ fn valid_schema(schema: &str) -> bool {
 impl PostgresStore {
     /// PostgreSQL lets writers wait for each other's row locks itself: no turn to take.
     async fn write_turn(&self) {}
+
+    /// `LISTEN herald_outbox` on a connection of its own.
+    async fn outbox_listener(&self) -> Result<Option<crate::outbox::OutboxListener>, StoreError> {
+        crate::outbox::OutboxListener::connect(&self.pool).await.map(Some)
+    }
 
     /// Connects to `url` and migrates. With `schema`, Herald's tables live in that schema
     /// (created if missing), so several Herald deployments or test runs can share one
@@ -148,6 +161,10 @@ impl Store for PostgresStore {
     }
 
     fn chat(&self) -> &dyn crate::ChatStore {
+        self
+    }
+
+    fn outbox(&self) -> &dyn crate::OutboxStore {
         self
     }
 

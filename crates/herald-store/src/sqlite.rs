@@ -58,10 +58,18 @@ fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0004_calls.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            5,
+            "outbox".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0005_outbox.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
 crate::chat::chat_store!(SqliteStore);
+crate::outbox::outbox_store!(SqliteStore, "");
 
 /// The SQLite store.
 #[derive(Debug, Clone)]
@@ -91,6 +99,11 @@ fn json_ids(ids: &[i64]) -> String {
 }
 
 impl SqliteStore {
+    /// SQLite has no `LISTEN`: the outbox worker polls.
+    async fn outbox_listener(&self) -> Result<Option<crate::outbox::OutboxListener>, StoreError> {
+        Ok(None)
+    }
+
     /// This store's turn to write (see `writes`).
     async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.writes.lock().await
@@ -255,6 +268,10 @@ impl Store for SqliteStore {
     }
 
     fn chat(&self) -> &dyn crate::ChatStore {
+        self
+    }
+
+    fn outbox(&self) -> &dyn crate::OutboxStore {
         self
     }
 

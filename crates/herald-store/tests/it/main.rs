@@ -93,12 +93,18 @@ conformance!(
     blocks_are_per_user,
     presence_is_stored_per_user_and_contacts_share_a_conversation,
     calls_follow_their_state_machine_between_their_two_parties,
+    outbox_events_are_enqueued_once_and_claimed_oldest_first_under_a_lease,
+    failed_outbox_events_are_retried_then_dead_until_retried_by_hand,
+    processed_outbox_events_are_purged_in_batches,
+    enrichment_lookups_return_the_first_row_as_text,
 );
 
 mod chat;
+mod outbox;
 
 mod cases {
     pub use super::chat::*;
+    pub use super::outbox::*;
     use super::*;
 
     pub(super) fn new(user: &str, kind: &str, at: i64) -> NewNotification {
