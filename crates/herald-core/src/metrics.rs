@@ -63,6 +63,16 @@ pub const BROKER_MESSAGES_IN: &str = "herald_broker_messages_in_total";
 /// Counter, label `result` (`ok`, `malformed`, `dropped`): messages from seed
 /// 000/004's Redis channels.
 pub const SEED_MESSAGES: &str = "herald_seed_channel_messages_total";
+/// Counter, label `result` (`processed`, `retried`, `dead`): outbox events handled.
+pub const OUTBOX_EVENTS: &str = "herald_outbox_events_total";
+/// Histogram: seconds from an outbox event's creation to its delivery.
+pub const OUTBOX_DELIVERY_SECONDS: &str = "herald_outbox_delivery_seconds";
+/// Gauge: outbox events neither processed nor dead.
+pub const OUTBOX_PENDING: &str = "herald_outbox_pending";
+/// Gauge: dead outbox events, waiting to be retried by hand.
+pub const OUTBOX_DEAD: &str = "herald_outbox_dead";
+/// Gauge: age in seconds of the oldest pending outbox event (0 when none).
+pub const OUTBOX_LAG_SECONDS: &str = "herald_outbox_lag_seconds";
 /// Gauge: live nodes in the cluster registry.
 pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
 /// Gauge: connections across all live nodes.

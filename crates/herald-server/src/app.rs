@@ -25,6 +25,7 @@ use crate::config::{Settings, StoreSettings};
 use crate::http::{ApiError, ops, publish};
 use crate::inbox::{Inbox, api as inbox_api};
 use crate::limits::Admission;
+use crate::outbox::api as outbox_api;
 use crate::state::{AppState, Shared};
 use crate::telemetry;
 use crate::transport::{socketio, sse, ws};
@@ -144,7 +145,8 @@ impl App {
             settings,
         }));
         crate::chat::install(&state, &state.hub);
-        let router = router(state.clone()).layer(cors(&state.settings.cors_origins));
+        let router = if state.settings.worker_only { worker_router(state.clone()) } else { router(state.clone()) };
+        let router = router.layer(cors(&state.settings.cors_origins));
         Ok(Self { state, router, listener, metrics_listener })
     }
 
@@ -161,6 +163,9 @@ impl App {
         let local_addr = self.listener.local_addr()?;
         let state = self.state.clone();
         let shutdown = state.shutdown.clone();
+        if state.settings.outbox.enabled || state.settings.worker_only {
+            crate::outbox::start(&state);
+        }
         let sweeper = state.hub.clone().run_sweeper(SWEEP_PERIOD, state.settings.max_idle_time, shutdown.clone());
         state.tasks.spawn(sweeper);
         {
@@ -258,6 +263,30 @@ impl Running {
     }
 }
 
+/// The outbox's server API (both roles).
+fn outbox_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/outbox", post(outbox_api::enqueue))
+        .route("/api/outbox/dead", get(outbox_api::dead))
+        .route("/api/outbox/{event_id}", get(outbox_api::get_event))
+        .route("/api/outbox/{event_id}/retry", post(outbox_api::retry))
+}
+
+/// `herald worker`: the ops endpoints and the outbox API, no client connections.
+pub fn worker_router(state: AppState) -> Router {
+    let body_limit = state.settings.max_payload;
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .merge(outbox_routes())
+        .fallback(|| async {
+            ApiError::from_code(ErrorCode::UnknownEvent, "no such endpoint").with_status(http::StatusCode::NOT_FOUND)
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
 /// The HTTP routes, Socket.IO's included.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.max_payload;
@@ -284,6 +313,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/conversations/{topic}/online", get(chat_api::online))
         .route("/api/me/conversations", get(chat_api::my_conversations))
         .route("/api/me/calls", get(crate::calls::history))
+        .merge(outbox_routes())
         .route("/api/me/blocks", get(chat_api::my_blocks).post(chat_api::block))
         .route("/api/me/blocks/{user}", delete(chat_api::unblock))
         .route("/api/messages/{id}/receipts", get(chat_api::receipts))

@@ -200,6 +200,51 @@ pub struct Config {
     #[arg(long, env = "HERALD_CALL_RING_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub call_ring_timeout: Duration,
 
+    /// Runs the outbox worker inside this node (`herald worker` runs it alone).
+    #[arg(long, env = "HERALD_OUTBOX", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbox: bool,
+
+    /// Outbox events claimed at once.
+    #[arg(long, env = "HERALD_OUTBOX_BATCH", default_value_t = 200)]
+    pub outbox_batch: u32,
+
+    /// How often the outbox is looked at without a wake-up (PostgreSQL's NOTIFY wakes the
+    /// worker at once; SQLite relies on this).
+    #[arg(long, env = "HERALD_OUTBOX_POLL_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// How long a claimed event is left to its worker before another may take it.
+    #[arg(long, env = "HERALD_OUTBOX_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub outbox_lease: Duration,
+
+    /// Attempts before an event is parked as dead.
+    #[arg(long, env = "HERALD_OUTBOX_MAX_ATTEMPTS", default_value_t = 8)]
+    pub outbox_max_attempts: u32,
+
+    /// First retry delay; each further one doubles, up to `--outbox-backoff-max`, with jitter.
+    #[arg(long, env = "HERALD_OUTBOX_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub outbox_backoff: Duration,
+
+    #[arg(long, env = "HERALD_OUTBOX_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub outbox_backoff_max: Duration,
+
+    /// Processed events are deleted once older than this.
+    #[arg(long, env = "HERALD_OUTBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+
+    /// Enrichment: the actor of a TIP, SUB or FOLLOW event by id (`$1`), columns `name`
+    /// and `image` as text. The default fits seed 004's Prisma schema.
+    #[arg(long, env = "HERALD_OUTBOX_USER_QUERY", default_value = crate::outbox::DEFAULT_USER_QUERY)]
+    pub outbox_user_query: String,
+
+    /// Enrichment: a channel by id (`$1`), column `name` as text.
+    #[arg(long, env = "HERALD_OUTBOX_CHANNEL_QUERY", default_value = crate::outbox::DEFAULT_CHANNEL_QUERY)]
+    pub outbox_channel_query: String,
+
+    /// Image keys from the user query become `https://{domain}/{key}`.
+    #[arg(long, env = "CLOUDFRONT_DOMAIN")]
+    pub cloudfront_domain: Option<String>,
+
     /// Most concurrent connections on this node; further ones get 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -250,6 +295,10 @@ pub enum ConfigError {
         "no JWT key configured: set JWT_SECRET (or NEXTAUTH_SECRET) or JWT_PUBLIC_KEY, or start with --dev for a generated development secret"
     )]
     MissingJwtKey,
+    #[error("herald worker runs beside other nodes and needs their database: set DATABASE_URL to PostgreSQL")]
+    WorkerNeedsPostgres,
+    #[error("herald worker reaches the nodes' clients through Redis: set REDIS_URL")]
+    WorkerNeedsRedis,
     #[error("no API key configured: set HERALD_API_KEY, or start with --dev for a generated development key")]
     MissingApiKey,
     #[error("cannot read JWT public key {path}: {source}")]
@@ -314,6 +363,9 @@ pub struct Settings {
     pub typing_timeout: Duration,
     pub presence_grace: Duration,
     pub call_ring_timeout: Duration,
+    pub outbox: crate::outbox::OutboxSettings,
+    /// `herald worker`: the outbox worker and the ops endpoints only.
+    pub worker_only: bool,
     pub session_queue: usize,
     pub max_topics_per_session: usize,
     pub shutdown_timeout: Duration,
@@ -350,6 +402,8 @@ impl Settings {
             typing_timeout: Duration::from_secs(5),
             presence_grace: Duration::from_secs(5),
             call_ring_timeout: Duration::from_secs(30),
+            outbox: crate::outbox::OutboxSettings::default(),
+            worker_only: false,
             session_queue: defaults::SESSION_QUEUE,
             max_topics_per_session: defaults::MAX_TOPICS_PER_SESSION,
             shutdown_timeout: ms(defaults::SHUTDOWN_TIMEOUT_MS),
@@ -383,6 +437,24 @@ impl Config {
     /// The HMAC secret: `JWT_SECRET`, falling back to `NEXTAUTH_SECRET`.
     pub fn jwt_secret(&self) -> Option<String> {
         self.jwt_secret.clone().or_else(|| std::env::var("NEXTAUTH_SECRET").ok()).filter(|s| !s.is_empty())
+    }
+
+    /// Resolves the settings of `herald worker`: the outbox worker alone, on PostgreSQL,
+    /// publishing through Redis. It serves no client, so it needs no JWT key.
+    pub fn resolve_worker(&self) -> Result<(Settings, Generated), ConfigError> {
+        let mut config = self.clone();
+        if config.jwt_public_key.is_none() && config.jwt_secret().is_none() {
+            config.jwt_secret = Some(random_hex(32));
+        }
+        let (mut settings, generated) = config.resolve()?;
+        if !matches!(settings.store, StoreSettings::Postgres { .. }) {
+            return Err(ConfigError::WorkerNeedsPostgres);
+        }
+        if settings.redis.is_none() {
+            return Err(ConfigError::WorkerNeedsRedis);
+        }
+        settings.worker_only = true;
+        Ok((settings, Generated { jwt_secret: None, ..generated }))
     }
 
     /// Resolves the runtime settings; in development mode fills in missing secrets.
@@ -460,6 +532,20 @@ impl Config {
             typing_timeout: self.typing_timeout.max(Duration::from_millis(100)),
             presence_grace: self.presence_grace,
             call_ring_timeout: self.call_ring_timeout.max(Duration::from_millis(100)),
+            outbox: crate::outbox::OutboxSettings {
+                enabled: self.outbox,
+                batch: self.outbox_batch.clamp(1, 10_000),
+                poll_interval: self.outbox_poll_interval.max(Duration::from_millis(10)),
+                lease: self.outbox_lease.max(Duration::from_secs(1)),
+                max_attempts: self.outbox_max_attempts.max(1),
+                backoff: self.outbox_backoff.max(Duration::from_millis(1)),
+                backoff_max: self.outbox_backoff_max.max(self.outbox_backoff),
+                retention: self.outbox_retention,
+                user_query: self.outbox_user_query.clone(),
+                channel_query: self.outbox_channel_query.clone(),
+                cloudfront_domain: self.cloudfront_domain.clone().filter(|domain| !domain.is_empty()),
+            },
+            worker_only: false,
             session_queue: self.session_queue.max(1),
             max_topics_per_session: self.max_topics_per_session.max(2),
             shutdown_timeout: ms(self.shutdown_timeout),

@@ -16,6 +16,7 @@ pub mod config;
 pub mod http;
 pub mod inbox;
 pub mod limits;
+pub mod outbox;
 pub mod presence;
 pub mod state;
 pub mod telemetry;

@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Serve plain WebSocket, Socket.IO, SSE and the HTTP API on one port (the default).
     Serve(Box<Config>),
+    /// Run only the outbox worker (PostgreSQL, Redis): takes notification events from the
+    /// database, enriches, stores and publishes them; serves /health, /ready, /metrics and
+    /// the outbox API on PORT. Same settings as serve.
+    Worker(Box<Config>),
     /// Print a JWT signed with the configured key (JWT_SECRET, or --private-key).
     Token(TokenArgs),
 }
@@ -77,7 +81,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn normalised_args() -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
-    let is_subcommand = matches!(first.as_deref(), Some("serve" | "token" | "help" | "-V" | "--version"));
+    let is_subcommand = matches!(first.as_deref(), Some("serve" | "worker" | "token" | "help" | "-V" | "--version"));
     if !is_subcommand {
         args.insert(1, "serve".into());
     }
@@ -89,14 +93,15 @@ fn parse_cli() -> anyhow::Result<Cli> {
     let args = normalised_args();
     let first_pass = Cli::try_parse_from(&args).unwrap_or_else(|error| error.exit());
     let config_path = match &first_pass.command {
-        Command::Serve(config) => config.config.clone(),
+        Command::Serve(config) | Command::Worker(config) => config.config.clone(),
         Command::Token(_) => None,
     };
     let Some(path) = config_path else { return Ok(first_pass) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
     let command = Cli::command();
-    let command = command.mut_subcommand("serve", |serve| {
-        herald_server::config::apply_toml_defaults(serve.clone(), &text).unwrap_or(serve)
+    let command = ["serve", "worker"].into_iter().fold(command, |command, name| {
+        command
+            .mut_subcommand(name, |sub| herald_server::config::apply_toml_defaults(sub.clone(), &text).unwrap_or(sub))
     });
     // Validate the file separately so a bad key is reported rather than ignored.
     herald_server::config::apply_toml_defaults(Config::augment_args(clap::Command::new("serve")), &text)
@@ -111,7 +116,11 @@ fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args),
         Command::Serve(config) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(serve(*config))
+            runtime.block_on(serve(*config, false))
+        }
+        Command::Worker(config) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(*config, true))
         }
     }
 }
@@ -139,8 +148,8 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let (settings, generated) = config.resolve()?;
+async fn serve(config: Config, worker: bool) -> anyhow::Result<()> {
+    let (settings, generated) = if worker { config.resolve_worker()? } else { config.resolve()? };
     herald_server::telemetry::init_logging(&config.log_level, settings.json_logs);
     let app = App::bind(settings).await?;
     let address = app.local_addr()?;

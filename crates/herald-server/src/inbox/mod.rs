@@ -170,6 +170,11 @@ impl Inbox {
         self.store.as_ref()
     }
 
+    /// The store, shared (for tasks that outlive a borrow).
+    pub fn store_handle(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     async fn submit<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| stopped())?;

@@ -8,6 +8,7 @@ mod engineio;
 mod inbox;
 mod limits;
 mod ops;
+mod outbox;
 mod presence;
 mod publish;
 mod recovery;
