@@ -267,3 +267,21 @@ async fn config_file_values_apply_and_flags_override_them() {
     assert_ne!(code, 0);
     assert!(stderr.contains("no_such_setting"), "{stderr}");
 }
+
+#[tokio::test]
+async fn herald_worker_needs_postgresql_and_redis_but_no_jwt_key() {
+    let (code, _, stderr) = output(herald().args(["worker"]).env("PORT", "0").env("HERALD_API_KEY", "k")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("DATABASE_URL") && stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(!stderr.contains("JWT_SECRET"), "a worker serves no clients and needs no JWT key: {stderr}");
+    let (code, _, stderr) = output(
+        herald()
+            .args(["worker"])
+            .env("PORT", "0")
+            .env("HERALD_API_KEY", "k")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
+}

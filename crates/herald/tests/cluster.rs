@@ -30,7 +30,13 @@ fn rand_suffix() -> u64 {
 
 /// A node of the cluster on `redis`, with extra environment.
 async fn node(redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Server {
+    herald(&[], redis, id, extra).await
+}
+
+/// `herald {args}` (serve without any) on Redis, named `id`.
+async fn herald(args: &[&str], redis: &RedisServer, id: &str, extra: &[(&str, &str)]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command.args(args);
     for name in ["DATABASE_URL", "HERALD_ENV", "NODE_ENV", "HERALD_DEV", "HERALD_CONFIG", "METRICS_ENABLED"] {
         command.env_remove(name);
     }
@@ -555,5 +561,123 @@ async fn conversations_span_nodes_with_membership_blocks_and_removal_applied_eve
     publish_ok(&a, json!({"topic": "user:bob", "event": "marker", "data": {}})).await;
     let frames = bob_b.frames_until(|frame| frame["type"] == "marker").await;
     assert!(frames.iter().all(|frame| frame["payload"]["content"] != "after bob"), "{frames:?}");
+    schema.drop_schema().await;
+}
+
+/// Runs SQL in the test's schema with psql; returns its unaligned output.
+async fn psql(schema: &herald_testkit::TestSchema, sql: &str) -> String {
+    let output = Command::new("psql")
+        .arg(&schema.url)
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("SET search_path = {}; {sql}", schema.name))
+        .output()
+        .await
+        .expect("psql runs");
+    assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Seed 004 end to end on PostgreSQL: an application enqueues notification events in its
+/// own transaction (`herald_enqueue`); two `herald worker` processes share them (SKIP
+/// LOCKED), woken by NOTIFY; one is SIGKILLed in the middle of a batch. Every event
+/// reaches the user's device (twice at most for the killed batch), enriched from the application's `User` and `Channel`
+/// tables with the default queries, and the inbox holds each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_workers_share_events_and_a_killed_one_loses_and_duplicates_nothing() {
+    const EVENTS: usize = 300;
+    let redis = RedisServer::start().await;
+    let schema = herald_testkit::TestSchema::new();
+    let store = [("DATABASE_URL", schema.url.as_str()), ("HERALD_DATABASE_SCHEMA", schema.name.as_str())];
+    // The node serves the user and runs no worker; the workers are their own processes.
+    let mut serving = store.to_vec();
+    serving.push(("HERALD_OUTBOX", "false"));
+    let gateway = node(&redis, "gateway", &serving).await;
+    // The application's tables (seed 004's Prisma models), beside Herald's. Every actor
+    // is another user, and each lookup takes 5 ms, so a batch of 10 takes ~50 ms: a kill
+    // lands inside one.
+    psql(&schema, &format!(
+        r#"CREATE TABLE "User" (id TEXT PRIMARY KEY, name TEXT, image TEXT);
+           CREATE TABLE "Channel" (id TEXT PRIMARY KEY, name TEXT);
+           INSERT INTO "User" SELECT g::text, 'fan ' || g, 'avatars/' || g || '.png' FROM generate_series(1, {EVENTS}) g;
+           INSERT INTO "Channel" VALUES ('3', 'Ada live');"#
+    ))
+    .await;
+    let user_query = r#"SELECT name, image, pg_sleep(0.005)::text AS pause FROM "User" WHERE id = $1"#;
+    let mut working = store.to_vec();
+    working.extend([
+        ("HERALD_OUTBOX_BATCH", "10"),
+        ("HERALD_OUTBOX_LEASE", "2s"),
+        ("HERALD_OUTBOX_POLL_INTERVAL", "5s"),
+        ("HERALD_OUTBOX_USER_QUERY", user_query),
+        ("CLOUDFRONT_DOMAIN", "cdn.example"),
+    ]);
+    let mut first = herald(&["worker"], &redis, "worker-1", &working).await;
+    let second = herald(&["worker"], &redis, "worker-2", &working).await;
+    for worker in [&first, &second] {
+        eventually("the worker is ready", Duration::from_secs(10), || is_ready(worker)).await;
+        assert_eq!(get(worker, "/ws").await.0, 404, "a worker serves no clients");
+    }
+    let mut alice = ws(&gateway, "alice", "").await;
+
+    // One application transaction enqueues them all; the workers are idle, polling only
+    // every 5 s, so the first arrival within 2.5 s shows NOTIFY woke them.
+    let enqueued = std::time::Instant::now();
+    let created = psql(
+        &schema,
+        &format!(
+            r#"BEGIN;
+           SELECT count(*) FILTER (WHERE herald_enqueue('tip-' || g, 'user:alice', 'TIP',
+               json_build_object('actorId', g, 'channelId', '3', 'amount', g)::text))
+           FROM generate_series(1, {EVENTS}) g;
+           COMMIT;"#
+        ),
+    )
+    .await;
+    assert_eq!(created, EVENTS.to_string());
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let receive = |seen: &mut std::collections::HashMap<String, usize>, frame: Value| {
+        let payload = &frame["payload"];
+        assert_eq!(payload["channelName"], "Ada live", "{frame}");
+        let actor = payload["actorId"].as_i64().expect("actorId");
+        assert_eq!(payload["userName"], format!("fan {actor}"));
+        assert_eq!(payload["userImage"], format!("https://cdn.example/avatars/{actor}.png"));
+        *seen.entry(frame["id"].as_str().expect("notification id").to_owned()).or_default() += 1;
+    };
+    receive(&mut seen, alice.next_event("notification:new").await);
+    assert!(
+        enqueued.elapsed() < Duration::from_millis(2500),
+        "woken by NOTIFY, not the poll: {:?}",
+        enqueued.elapsed()
+    );
+    while seen.len() < EVENTS / 4 {
+        receive(&mut seen, alice.next_event("notification:new").await);
+    }
+    first.kill().await;
+    // The other worker finishes, retaking the killed one's batch when its lease runs out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < EVENTS {
+        let frame = tokio::time::timeout_at(deadline, alice.next_event("notification:new"))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {EVENTS} events arrived", seen.len()));
+        receive(&mut seen, frame);
+    }
+    eventually("every event is marked processed", Duration::from_secs(10), || async {
+        psql(&schema, "SELECT count(*) FROM herald_outbox WHERE processed_at IS NULL").await == "0"
+    })
+    .await;
+    let stored = psql(&schema, "SELECT count(*) || ' ' || count(DISTINCT dedupe_key) FROM herald_notifications").await;
+    assert_eq!(stored, format!("{EVENTS} {EVENTS}"), "each event stored once");
+    // Some events were claimed by the killed worker and done again by the other: the
+    // kill did land mid-batch, and those were not lost.
+    let retaken: usize = psql(&schema, "SELECT count(*) FROM herald_outbox WHERE attempts > 1").await.parse().unwrap();
+    assert!((1..=10).contains(&retaken), "{retaken} events retaken (at most one batch of 10)");
+    // A retaken event may reach the device twice (stored and pushed, then killed before
+    // being marked done); only those, and with the same notification id.
+    let twice = seen.values().filter(|count| **count > 1).count();
+    assert!(twice <= retaken && seen.values().all(|count| *count <= 2), "{twice} delivered twice, {retaken} retaken");
+    let metrics = reqwest::get(second.http("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_outbox_events_total{result=\"processed\"}"), "{metrics}");
+    drop(second);
+    drop(gateway);
     schema.drop_schema().await;
 }

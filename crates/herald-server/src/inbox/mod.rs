@@ -186,6 +186,16 @@ impl Inbox {
         self.submit(|reply| Command::Create { batch, reply }).await
     }
 
+    /// Pushes an existing notification to its user's devices again (a redone outbox event
+    /// whose first attempt stored it but may have died before pushing it).
+    pub async fn push_again(&self, notification: &Notification, broker: &dyn Broker) {
+        let Ok(user) = UserId::parse(&notification.user_id) else { return };
+        let publication = Publication::new(vec![Topic::user(&user)], new_event(notification));
+        if let Err(error) = broker.publish(publication).await {
+            tracing::warn!(%error, id = notification.id, "notification not pushed again");
+        }
+    }
+
     /// Applies a change of read state for `user` and pushes the new unread count.
     pub async fn change(&self, user: &UserId, change: Change) -> Result<Changed, StoreError> {
         self.submit(|reply| Command::Change { user: user.clone(), change, reply }).await

@@ -192,7 +192,17 @@ async fn round(state: &AppState, store: &dyn Store, settings: &OutboxSettings) -
     if !users.is_empty() {
         let batch = users.iter().map(notification_of).collect();
         match state.inbox.create(batch).await {
-            Ok(_) => done.extend(users.into_iter().map(|prepared| prepared.event)),
+            Ok(created) => {
+                // Already stored by an earlier attempt of the same event, which may have
+                // died between its commit and its push: push it again (a device may get it
+                // twice, with the same id; never not at all).
+                for (prepared, created) in users.iter().zip(&created) {
+                    if !created.new && prepared.event.attempts > 1 {
+                        state.inbox.push_again(&created.notification, state.broker.as_ref()).await;
+                    }
+                }
+                done.extend(users.into_iter().map(|prepared| prepared.event));
+            }
             Err(error) => {
                 let problem = Problem::transient(format!("inbox write failed: {error}"));
                 failed.extend(users.into_iter().map(|prepared| (prepared.event, problem.clone())));
