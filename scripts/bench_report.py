@@ -262,6 +262,35 @@ if chat_args:
             problems.append(f"herald-ws chat {args}: lost {run['lost']}, duplicates {run['duplicates']}, refused {run['refused']}")
     out("")
 
+# The outbox worker (issue 7): events inserted into PostgreSQL, delivered by 1 or 2 workers.
+worker_keys = []
+for run in runs:
+    if run.get("scenario") == "worker" and (run.get("args"), run.get("label")) not in worker_keys:
+        worker_keys.append((run.get("args"), run.get("label")))
+worker_rows = []
+if worker_keys:
+    out("## worker (outbox)")
+    out("")
+    out("A producer inserts `TIP` events into Herald's PostgreSQL outbox (one `INSERT … SELECT` every 10 ms at the given rate, or statements of 1,000 as fast as it can with `--rate 0`), as an application's transactions would; `herald worker` processes (label `herald-worker-N`: N of them, beside one gateway node that runs none, all on a private `redis-server`) claim them, enrich each from the `User` and `Channel` tables (100 distinct actors), store them in the inbox and push them to the user's WebSocket on the gateway.")
+    out("Latency is from the insert to the device; events/s is delivered events over the run's wall time (at `--rate 0`, the sustained processing rate). Server CPU is the gateway's and the workers' together, per event.")
+    out("")
+    out("| target | arguments | delivered / expected | events/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/event | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
+    for args, label in worker_keys:
+        run = find("worker", args, label)
+        if run is None:
+            continue
+        if "error" in run:
+            out(f"| {label} | `{args}` | error: {run['error']} | | | | | | | |")
+            problems.append(f"{label} worker {args}: {run['error']}")
+            continue
+        lat = run["latency"]
+        out(f"| {label} | `{args}` | {run['delivered']} / {run['expected']} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+        worker_rows.append((args, label, run))
+        if run["lost"]:
+            problems.append(f"{label} worker {args}: lost {run['lost']}")
+    out("")
+
 # The issue's targets, checked against this run's figures.
 checks = []
 
@@ -310,8 +339,13 @@ for store, run in inbox_rows:
 for args, run in chat_rows:
     if "--users 10000" in args:
         check(f"chat delivery p99, {args}", run["latency"]["p99_us"] / 1000, 20, " ms")
+for args, label, run in worker_rows:
+    if label == "herald-worker-1" and "--rate 0" in args:
+        check_at_least(f"outbox events/s with one worker, {args}", run["deliveries_per_second"], 5000, "/s")
+    if "--rate 2000" in args:
+        check(f"outbox insert-to-device p99 at 2,000 events/s, {label}", run["latency"]["p99_us"] / 1000, 100, " ms")
 if checks:
-    out("## Targets (issues 3, 4 and 6)")
+    out("## Targets (issues 3, 4, 6 and 7)")
     out("")
     out("| target | measured | limit | |")
     out("|---|---|---|---|")

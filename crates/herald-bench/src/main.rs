@@ -12,6 +12,7 @@ mod chat;
 mod client;
 mod procstat;
 mod recorder;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -52,6 +53,38 @@ enum Scenario {
     /// N users in rooms of S members (created through the conversation API), each
     /// sending a message every I ms with a typing indicator before it (Herald only).
     Chat(ChatArgs),
+    /// N users connected; M notification events inserted into Herald's PostgreSQL outbox at
+    /// Q/s (0: as fast as possible), enriched, stored and pushed by Herald's outbox
+    /// worker(s); insert-to-device latency (Herald only).
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Events inserted per second; 0 inserts them as fast as possible.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Herald's PostgreSQL database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    database_url: String,
+    /// Herald's schema (HERALD_DATABASE_SCHEMA), if any.
+    #[arg(long)]
+    schema: Option<String>,
+    /// Event type; TIP, SUB and FOLLOW are enriched.
+    #[arg(long, default_value = "TIP")]
+    kind: String,
+    /// Distinct actors the events come from (users in the `User` table).
+    #[arg(long, default_value_t = 100)]
+    actors: u64,
+    /// How many worker processes serve the run (reported only).
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
 }
 
 #[derive(Args)]
@@ -687,6 +720,49 @@ async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
     }))
 }
 
+async fn scenario_worker(args: WorkerArgs) -> anyhow::Result<Value> {
+    let env = Arc::new(Env::new(&args.common)?);
+    let producer = worker::Producer::connect(
+        &args.database_url,
+        args.schema.as_deref(),
+        args.connections as u64,
+        &args.kind,
+        args.actors,
+    )
+    .await?;
+    let recorder = Arc::new(Recorder::default());
+    let mut opened = open_many(&env, 0, args.connections, false, &recorder).await;
+    anyhow::ensure!(opened.failures.is_empty(), "connections failed: {:?}", opened.failures);
+    let window = env.cpu_window();
+    let started = Instant::now();
+    producer.produce(args.events, args.rate).await?;
+    let inserted_in = started.elapsed();
+    await_deliveries(&recorder, args.events, Duration::from_secs(10)).await;
+    let cpu = window.stop();
+    let pending = producer.pending().await?;
+    close_all(&mut opened.connections).await;
+    let delivered = recorder.delivered();
+    Ok(json!({
+        "scenario": "worker",
+        "connections": args.connections,
+        "events": args.events,
+        "rate": args.rate,
+        "kind": args.kind,
+        "workers": args.workers,
+        "expected": args.events,
+        "delivered": delivered,
+        "lost": args.events.saturating_sub(delivered),
+        "pending_after": pending,
+        "inserted_per_second": args.events as f64 / inserted_in.as_secs_f64().max(1e-9),
+        // One delivery per event; the names are the other scenarios' so reports aggregate alike.
+        "deliveries_per_second": delivered as f64 / cpu.wall_seconds.max(1e-9),
+        "latency": recorder.latency(),
+        "server_cpu_us_per_delivery": cpu.server_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "loadgen_cpu_us_per_delivery": cpu.loadgen_cpu_seconds * 1e6 / (delivered.max(1) as f64),
+        "cpu": cpu,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -697,6 +773,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Inbox(args) => (args.common.label.clone(), scenario_fanout(args, Kind::Inbox).await?),
         Scenario::Churn(args) => (args.fanout.common.label.clone(), scenario_churn(args).await?),
         Scenario::Chat(args) => (args.common.label.clone(), scenario_chat(args).await?),
+        Scenario::Worker(args) => (args.common.label.clone(), scenario_worker(args).await?),
     };
     let mut result = result;
     result["label"] = json!(label);

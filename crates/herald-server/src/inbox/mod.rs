@@ -512,16 +512,21 @@ impl Writer {
     /// Pushes each new notification to its user, then each user's count.
     async fn push_new(&mut self, created: &[Created]) {
         let mut added: Vec<(String, u64)> = Vec::new();
+        // Started in commit order and awaited together: with Redis each push is a round
+        // trip, and one at a time they would bound the inbox at one push per round trip.
+        // The multiplexed connection sends them in the order they were started.
+        let mut pushes = Vec::new();
         for created in created.iter().filter(|c| c.new) {
             let notification = &created.notification;
             let Ok(user) = UserId::parse(&notification.user_id) else { continue };
             let publication = Publication::new(vec![Topic::user(&user)], new_event(notification));
-            self.publish_at(publication, notification.id).await;
+            pushes.push(self.publish_at(publication, notification.id));
             match added.iter_mut().find(|(name, _)| name == &notification.user_id) {
                 Some((_, count)) => *count += 1,
                 None => added.push((notification.user_id.clone(), 1)),
             }
         }
+        futures_util::future::join_all(pushes).await;
         // Known counts grow by what was added; unknown ones are read (after the commit, so
         // they include it).
         if self.counts.len() + added.len() > MAX_CACHED_COUNTS {
@@ -543,8 +548,8 @@ impl Writer {
     }
 
     /// Publishes with the inbox's push mark held, so registering sessions see it either
-    /// before or after (see [`Inbox::register`]).
-    async fn publish_at(&self, publication: Publication, id: i64) {
+    /// before or after (see [`Inbox::register`]); the returned future reports.
+    fn publish_at(&self, publication: Publication, id: i64) -> impl std::future::Future<Output = ()> + '_ {
         let fallback = publication.clone();
         let sent = {
             let mut published = self.inbox.published.lock();
@@ -553,8 +558,10 @@ impl Writer {
             *published = (*published).max(id);
             sent
         };
-        if let Err(error) = sent.await {
-            self.deliver_locally(fallback, &error);
+        async move {
+            if let Err(error) = sent.await {
+                self.deliver_locally(fallback, &error);
+            }
         }
     }
 
@@ -594,13 +601,17 @@ impl Writer {
     }
 
     async fn publish_counts(&self, counts: Vec<(String, u64)>) {
-        for (user, count) in counts {
-            let Ok(user) = UserId::parse(&user) else { continue };
+        let pushes = counts.into_iter().filter_map(|(user, count)| {
+            let user = UserId::parse(&user).ok()?;
             let publication = Publication::new(vec![Topic::user(&user)], count_event(count));
-            if let Err(error) = self.broker.publish(publication.clone()).await {
-                self.deliver_locally(publication, &error);
-            }
-        }
+            let sent = self.broker.publish(publication.clone());
+            Some(async move {
+                if let Err(error) = sent.await {
+                    self.deliver_locally(publication, &error);
+                }
+            })
+        });
+        futures_util::future::join_all(pushes).await;
     }
 
     async fn change(&mut self, user: &UserId, change: Change) -> Result<Changed, StoreError> {

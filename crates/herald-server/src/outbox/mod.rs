@@ -177,11 +177,11 @@ async fn round(state: &AppState, store: &dyn Store, settings: &OutboxSettings) -
         return Ok(0);
     }
     let count = claimed.len();
-    let mut lookups = Lookups::new(store, settings);
+    let lookups = Lookups::fetch(store, settings, &claimed).await;
     let mut ready = Vec::with_capacity(count);
     let mut failed: Vec<(OutboxEvent, Problem)> = Vec::new();
     for event in claimed {
-        match prepare(&event, &mut lookups, settings.cloudfront_domain.as_deref()).await {
+        match prepare(&event, &lookups, settings.cloudfront_domain.as_deref()) {
             Ok((topic, payload)) => ready.push(Prepared { event, topic, payload }),
             Err(problem) => failed.push((event, problem)),
         }
@@ -247,9 +247,9 @@ fn backoff(settings: &OutboxSettings, event: &OutboxEvent) -> Duration {
 }
 
 /// The recipient topic, the payload and its enrichment.
-async fn prepare(
+fn prepare(
     event: &OutboxEvent,
-    lookups: &mut Lookups<'_>,
+    lookups: &Lookups,
     cloudfront: Option<&str>,
 ) -> Result<(Topic, Map<String, Value>), Problem> {
     let topic = Topic::parse(&event.recipient)
@@ -261,27 +261,41 @@ async fn prepare(
     if event.kind.is_empty() || event.kind.len() > 64 {
         return Err(Problem::permanent("type must be 1 to 64 characters"));
     }
-    let payload = match serde_json::from_str::<Value>(&event.data) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(Problem::permanent("data is not a JSON object")),
-        Err(error) => return Err(Problem::permanent(format!("data is not JSON: {error}"))),
-    };
+    let payload = payload_of(event)?;
     if !ENRICHED_TYPES.contains(&event.kind.as_str()) {
         return Ok((topic, payload));
     }
-    Ok((topic, enrich(payload, lookups, cloudfront).await?))
+    Ok((topic, enrich(payload, lookups, cloudfront)?))
+}
+
+fn payload_of(event: &OutboxEvent) -> Result<Map<String, Value>, Problem> {
+    match serde_json::from_str::<Value>(&event.data) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Problem::permanent("data is not a JSON object")),
+        Err(error) => Err(Problem::permanent(format!("data is not JSON: {error}"))),
+    }
+}
+
+/// The actor id of an enriched event that lacks the actor's details.
+fn actor_to_look_up(payload: &Map<String, Value>) -> Option<String> {
+    if payload.contains_key("userName") { None } else { id_field(payload, &["actorId", "fromUserId", "senderId"]) }
+}
+
+/// The channel id of an enriched event that lacks the channel's name.
+fn channel_to_look_up(payload: &Map<String, Value>) -> Option<String> {
+    if payload.contains_key("channelName") { None } else { id_field(payload, &["channelId"]) }
 }
 
 /// Adds `userName`/`userImage` (the actor) and `channelName` where the event lacks them.
-async fn enrich(
+fn enrich(
     mut payload: Map<String, Value>,
-    lookups: &mut Lookups<'_>,
+    lookups: &Lookups,
     cloudfront: Option<&str>,
 ) -> Result<Map<String, Value>, Problem> {
     if !payload.contains_key("userName") {
-        let actor = id_field(&payload, &["actorId", "fromUserId", "senderId"])
-            .ok_or_else(|| Problem::permanent("no actorId to look the actor up by"))?;
-        let row = lookups.user(&actor).await?.ok_or_else(|| Problem::transient(format!("user {actor} not found")))?;
+        let actor =
+            actor_to_look_up(&payload).ok_or_else(|| Problem::permanent("no actorId to look the actor up by"))?;
+        let row = lookups.user(&actor)?.ok_or_else(|| Problem::transient(format!("user {actor} not found")))?;
         payload.insert("userName".into(), column(&row, "name"));
         let image = match column(&row, "image") {
             Value::String(key) => Value::String(image_url(&key, cloudfront)),
@@ -289,13 +303,9 @@ async fn enrich(
         };
         payload.insert("userImage".into(), image);
     }
-    if !payload.contains_key("channelName")
-        && let Some(channel) = id_field(&payload, &["channelId"])
-    {
-        let row = lookups
-            .channel(&channel)
-            .await?
-            .ok_or_else(|| Problem::transient(format!("channel {channel} not found")))?;
+    if let Some(channel) = channel_to_look_up(&payload) {
+        let row =
+            lookups.channel(&channel)?.ok_or_else(|| Problem::transient(format!("channel {channel} not found")))?;
         payload.insert("channelName".into(), column(&row, "name"));
     }
     Ok(payload)
@@ -328,43 +338,59 @@ fn image_url(key: &str, cloudfront: Option<&str>) -> String {
     }
 }
 
-/// Enrichment lookups, each asked once per batch.
-struct Lookups<'a> {
-    store: &'a dyn Store,
-    settings: &'a OutboxSettings,
-    users: HashMap<String, Option<LookupRow>>,
-    channels: HashMap<String, Option<LookupRow>>,
+/// Lookups running at once while a batch is prepared.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+type Looked = HashMap<String, Result<Option<LookupRow>, Problem>>;
+
+/// A batch's enrichment lookups: every distinct actor and channel asked once, several at a
+/// time, before the batch is prepared.
+struct Lookups {
+    users: Looked,
+    channels: Looked,
 }
 
-impl<'a> Lookups<'a> {
-    fn new(store: &'a dyn Store, settings: &'a OutboxSettings) -> Self {
-        Self { store, settings, users: HashMap::new(), channels: HashMap::new() }
-    }
-
-    async fn user(&mut self, id: &str) -> Result<Option<LookupRow>, Problem> {
-        Self::cached(self.store, &self.settings.user_query, &mut self.users, id).await
-    }
-
-    async fn channel(&mut self, id: &str) -> Result<Option<LookupRow>, Problem> {
-        Self::cached(self.store, &self.settings.channel_query, &mut self.channels, id).await
-    }
-
-    async fn cached(
-        store: &dyn Store,
-        sql: &str,
-        cache: &mut HashMap<String, Option<LookupRow>>,
-        id: &str,
-    ) -> Result<Option<LookupRow>, Problem> {
-        if let Some(row) = cache.get(id) {
-            return Ok(row.clone());
+impl Lookups {
+    async fn fetch(store: &dyn Store, settings: &OutboxSettings, events: &[OutboxEvent]) -> Self {
+        let mut users = std::collections::BTreeSet::new();
+        let mut channels = std::collections::BTreeSet::new();
+        for event in events.iter().filter(|event| ENRICHED_TYPES.contains(&event.kind.as_str())) {
+            let Ok(payload) = payload_of(event) else { continue };
+            users.extend(actor_to_look_up(&payload));
+            channels.extend(channel_to_look_up(&payload));
         }
-        let row = store
-            .outbox()
-            .lookup(sql, id)
+        Self {
+            users: Self::all(store, &settings.user_query, users).await,
+            channels: Self::all(store, &settings.channel_query, channels).await,
+        }
+    }
+
+    async fn all(store: &dyn Store, sql: &str, ids: std::collections::BTreeSet<String>) -> Looked {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let row = store
+                    .outbox()
+                    .lookup(sql, &id)
+                    .await
+                    .map_err(|error| Problem::transient(format!("enrichment query failed: {error}")));
+                (id, row)
+            })
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .collect()
             .await
-            .map_err(|error| Problem::transient(format!("enrichment query failed: {error}")))?;
-        cache.insert(id.to_owned(), row.clone());
-        Ok(row)
+    }
+
+    fn user(&self, id: &str) -> Result<Option<LookupRow>, Problem> {
+        Self::found(&self.users, id)
+    }
+
+    fn channel(&self, id: &str) -> Result<Option<LookupRow>, Problem> {
+        Self::found(&self.channels, id)
+    }
+
+    fn found(looked: &Looked, id: &str) -> Result<Option<LookupRow>, Problem> {
+        looked.get(id).cloned().unwrap_or_else(|| Err(Problem::transient(format!("{id} was not looked up"))))
     }
 }
 
