@@ -323,7 +323,7 @@ for scenario, args in seen:
     check(f"herald-sio CPU/delivery ÷ floor, {scenario} {args}", cpu_ratio(scenario, args, "herald-sio"), 1.6, "×")
     check(f"herald-ws p99 ÷ floor p99, {scenario} {args}", p99_ratio(scenario, args, "herald-ws"), 1.5, "×")
     check(f"herald-sio p99 ÷ floor p99, {scenario} {args}", p99_ratio(scenario, args, "herald-sio"), 1.5, "×")
-for label, limit in (("herald-ws", 4.0), ("herald-sio", 6.0)):
+for label, limit in (("herald-ws", 4.0), ("herald-sio", 6.0)) if connect_runs else ():
     run = next((r for r in connect_runs if r.get("label") == label and "error" not in r), None)
     marginal = run.get("marginal_bytes_per_connection") if run else None
     check(f"{label} marginal memory per idle connection", None if marginal is None else marginal / 1024, limit, " KiB")
