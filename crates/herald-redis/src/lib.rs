@@ -20,7 +20,10 @@
 //!   `notifications:global` and republishes each message through the script above as the
 //!   event `notification`, so those events get positions and history like any other.
 
+mod mirror;
 mod scripts;
+
+pub use mirror::SeedMirror;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};

@@ -24,7 +24,7 @@ impl std::fmt::Debug for SeedMirror {
 }
 
 impl SeedMirror {
-    /// Connects to `url`; channels are `{prefix}:{topic}` (`notifications` in seed 000).
+    /// Connects to `url`; channels are `{prefix}{topic}` (`notifications:` in seed 000).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, crate::StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = redis::Client::open(url).map_err(|error| crate::StartError::Url(error.to_string()))?;
@@ -41,10 +41,10 @@ impl SeedMirror {
 
     /// The channel of `topic`.
     pub fn channel(&self, topic: &Topic) -> String {
-        format!("{}:{}", self.prefix, topic.as_str())
+        format!("{}{}", self.prefix, topic.as_str())
     }
 
-    /// `PUBLISH {prefix}:{topic} payload`.
+    /// `PUBLISH {prefix}{topic} payload`.
     pub async fn publish(&self, topic: &Topic, payload: &str) -> Result<(), BrokerError> {
         let mut connection = self.connection.clone();
         let _receivers: i64 = redis::cmd("PUBLISH")
@@ -52,7 +52,7 @@ impl SeedMirror {
             .arg(payload)
             .query_async(&mut connection)
             .await
-            .map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+            .map_err(|error| BrokerError(Box::new(error)))?;
         Ok(())
     }
 }

@@ -130,6 +130,14 @@ impl App {
         let inbox = Inbox::start(store, settings.inbox.clone(), hub.clone(), broker.clone(), shutdown.clone(), &tasks)
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the inbox: {error}"))?;
+        let outbox_mirror = match &settings.outbox.mirror_url {
+            Some(url) if settings.outbox.enabled || settings.worker_only => Some(
+                herald_redis::SeedMirror::connect(url, &settings.outbox.mirror_prefix)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("outbox mirror (HERALD_OUTBOX_MIRROR_URL): {error}"))?,
+            ),
+            _ => None,
+        };
         let state = AppState(Arc::new(Shared {
             hub,
             broker,
@@ -142,6 +150,7 @@ impl App {
             started_at: Instant::now(),
             chat: crate::chat::Chat::new(settings.typing_timeout),
             presence: crate::presence::Presence::new(settings.presence_grace),
+            outbox_mirror,
             settings,
         }));
         crate::chat::install(&state, &state.hub);

@@ -241,6 +241,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_OUTBOX_CHANNEL_QUERY", default_value = crate::outbox::DEFAULT_CHANNEL_QUERY)]
     pub outbox_channel_query: String,
 
+    /// Also publish outbox events to seed 000's channels (`{prefix}user:{id}`, …) on this
+    /// Redis, for an existing notify-wss that listens there.
+    #[arg(long, env = "HERALD_OUTBOX_MIRROR_URL")]
+    pub outbox_mirror_url: Option<String>,
+
+    /// Channel prefix of the mirror.
+    #[arg(long, env = "HERALD_OUTBOX_MIRROR_PREFIX", default_value = "notifications:")]
+    pub outbox_mirror_prefix: String,
+
     /// Image keys from the user query become `https://{domain}/{key}`.
     #[arg(long, env = "CLOUDFRONT_DOMAIN")]
     pub cloudfront_domain: Option<String>,
@@ -295,6 +304,10 @@ pub enum ConfigError {
         "no JWT key configured: set JWT_SECRET (or NEXTAUTH_SECRET) or JWT_PUBLIC_KEY, or start with --dev for a generated development secret"
     )]
     MissingJwtKey,
+    #[error(
+        "HERALD_OUTBOX_MIRROR_URL is this cluster's own Redis and its prefix the channels Herald ingests: every event would come back a second time; point it at the notify-wss's Redis or change HERALD_OUTBOX_MIRROR_PREFIX / HERALD_SEED_CHANNEL_PREFIX"
+    )]
+    MirrorLoop,
     #[error("herald worker runs beside other nodes and needs their database: set DATABASE_URL to PostgreSQL")]
     WorkerNeedsPostgres,
     #[error("herald worker reaches the nodes' clients through Redis: set REDIS_URL")]
@@ -471,6 +484,12 @@ impl Config {
         {
             return Err(ConfigError::RedisUrl);
         }
+        if let (Some(redis), Some(mirror)) = (&redis, self.outbox_mirror_url.as_deref())
+            && redis.url == mirror
+            && redis.seed_prefix.as_deref() == Some(self.outbox_mirror_prefix.as_str())
+        {
+            return Err(ConfigError::MirrorLoop);
+        }
         let store = match self.database_url.as_deref().filter(|url| !url.is_empty()) {
             Some(url) => StoreSettings::from_url(url, self.database_schema.clone())?,
             None => StoreSettings::SqliteFile(self.sqlite_path.clone()),
@@ -544,6 +563,8 @@ impl Config {
                 user_query: self.outbox_user_query.clone(),
                 channel_query: self.outbox_channel_query.clone(),
                 cloudfront_domain: self.cloudfront_domain.clone().filter(|domain| !domain.is_empty()),
+                mirror_url: self.outbox_mirror_url.clone().filter(|url| !url.is_empty()),
+                mirror_prefix: self.outbox_mirror_prefix.clone(),
             },
             worker_only: false,
             session_queue: self.session_queue.max(1),

@@ -47,6 +47,8 @@ pub struct Shared {
     pub chat: crate::chat::Chat,
     /// Node-local presence state (grace periods of leaving users).
     pub presence: crate::presence::Presence,
+    /// Seed 000's Redis channels, when the outbox mirrors into them.
+    pub outbox_mirror: Option<herald_redis::SeedMirror>,
 }
 
 /// A cheap-to-clone handle on [`Shared`].

@@ -285,3 +285,17 @@ async fn herald_worker_needs_postgresql_and_redis_but_no_jwt_key() {
     assert_ne!(code, 0);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_outbox_mirror_into_the_channels_herald_ingests_is_refused() {
+    let (code, _, stderr) = output(
+        herald()
+            .args(["--dev"])
+            .env("PORT", "0")
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .env("HERALD_OUTBOX_MIRROR_URL", "redis://127.0.0.1:1"),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("HERALD_OUTBOX_MIRROR_URL") && stderr.contains("second time"), "{stderr}");
+}

@@ -62,6 +62,9 @@ pub struct OutboxSettings {
     pub user_query: String,
     pub channel_query: String,
     pub cloudfront_domain: Option<String>,
+    /// Redis of an existing notify-wss, to publish to seed 000's channels as well.
+    pub mirror_url: Option<String>,
+    pub mirror_prefix: String,
 }
 
 impl Default for OutboxSettings {
@@ -78,6 +81,8 @@ impl Default for OutboxSettings {
             user_query: DEFAULT_USER_QUERY.to_owned(),
             channel_query: DEFAULT_CHANNEL_QUERY.to_owned(),
             cloudfront_domain: None,
+            mirror_url: None,
+            mirror_prefix: "notifications:".to_owned(),
         }
     }
 }
@@ -186,6 +191,7 @@ async fn round(state: &AppState, store: &dyn Store, settings: &OutboxSettings) -
             Err(problem) => failed.push((event, problem)),
         }
     }
+    let ready = mirror(state, ready, &mut failed).await;
     let mut done = Vec::with_capacity(ready.len());
     let (users, others): (Vec<Prepared>, Vec<Prepared>) =
         ready.into_iter().partition(|prepared| prepared.topic.kind() == TopicKind::User);
@@ -409,14 +415,38 @@ fn notification_of(prepared: &Prepared) -> NewNotification {
     }
 }
 
-/// Publishes a channel or global event as `notification` (seed 004's payload shape).
-async fn publish(state: &AppState, prepared: &Prepared) -> Result<(), Problem> {
-    let data = serde_json::json!({
+/// Seed 004's notification payload `{id, userId?, type, payload, createdAt}`.
+fn seed_payload(prepared: &Prepared) -> Value {
+    let mut data = serde_json::json!({
         "id": prepared.event.event_id,
         "type": prepared.event.kind,
         "payload": prepared.payload,
         "createdAt": inbox::json::timestamp(prepared.event.created_at),
     });
+    if prepared.topic.kind() == TopicKind::User {
+        data["userId"] = Value::String(prepared.topic.id().to_owned());
+    }
+    data
+}
+
+/// With a mirror configured, publishes each event to seed 000's channel first: an event
+/// the mirror could not take is retried before Herald delivers it (so a retry repeats at
+/// most the mirror's copy, never Herald's own delivery).
+async fn mirror(state: &AppState, ready: Vec<Prepared>, failed: &mut Vec<(OutboxEvent, Problem)>) -> Vec<Prepared> {
+    let Some(mirror) = &state.outbox_mirror else { return ready };
+    let mut kept = Vec::with_capacity(ready.len());
+    for prepared in ready {
+        match mirror.publish(&prepared.topic, &seed_payload(&prepared).to_string()).await {
+            Ok(()) => kept.push(prepared),
+            Err(error) => failed.push((prepared.event, Problem::transient(format!("mirror publish failed: {error}")))),
+        }
+    }
+    kept
+}
+
+/// Publishes a channel or global event as `notification` (seed 004's payload shape).
+async fn publish(state: &AppState, prepared: &Prepared) -> Result<(), Problem> {
+    let data = seed_payload(prepared);
     let event = Event::from_value(PUBLISHED_EVENT, &data).map_err(|error| Problem::permanent(error.to_string()))?;
     state
         .broker

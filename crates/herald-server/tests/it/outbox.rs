@@ -136,10 +136,21 @@ async fn channel_and_global_events_are_published_as_notification() {
     until_state(&gateway, "live-1", "processed").await;
 }
 
+/// A counter's value in `/metrics` (the recorder is shared by the gateways of this test
+/// process, so tests compare before and after).
+async fn counter(gateway: &TestGateway, series: &str) -> f64 {
+    let metrics = gateway.get_text("/metrics").await.1;
+    metrics.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+const DEAD: &str = r#"herald_outbox_events_total{result="dead"}"#;
+const RETRIED: &str = r#"herald_outbox_events_total{result="retried"}"#;
+
 #[tokio::test]
 async fn a_missing_user_is_retried_with_backoff_then_dead_until_retried_by_hand() {
     let gateway = gateway().await;
     let mut alice = device(&gateway, "alice").await;
+    let (dead_before, retried_before) = (counter(&gateway, DEAD).await, counter(&gateway, RETRIED).await);
     enqueue(
         &gateway,
         json!({"eventId": "follow-1", "recipient": "user:alice", "type": "FOLLOW",
@@ -151,9 +162,8 @@ async fn a_missing_user_is_retried_with_backoff_then_dead_until_retried_by_hand(
     assert_eq!(dead["lastError"], "user 9 not found");
     let (_, listed) = gateway.request("GET", "/api/outbox/dead", Some(API_KEY), None).await;
     assert_eq!(listed["events"][0]["eventId"], "follow-1", "{listed}");
-    let metrics = gateway.get_text("/metrics").await.1;
-    assert!(metrics.contains(r#"herald_outbox_events_total{result="dead"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"herald_outbox_events_total{result="retried"} 2"#), "{metrics}");
+    assert!(counter(&gateway, DEAD).await >= dead_before + 1.0, "dead counted");
+    assert!(counter(&gateway, RETRIED).await >= retried_before + 2.0, "two retries counted");
 
     // The user appears; a retry by hand delivers.
     named(&gateway, "room:9", "Grace").await;
@@ -200,4 +210,51 @@ async fn bad_outbox_events_are_refused_or_parked_with_their_error() {
     let mut a = device(&gateway, "a").await;
     enqueue(&gateway, json!({"eventId": "ok-1", "recipient": "user:a", "type": "SYSTEM", "data": {}})).await;
     assert_eq!(next_notification(&mut a).await["type"], "SYSTEM");
+}
+
+/// With `HERALD_OUTBOX_MIRROR_URL`, an existing notify-wss listening on seed 000's Redis
+/// channels gets every outbox event too, in seed 004's payload shape.
+#[tokio::test]
+async fn outbox_events_are_mirrored_into_seed_000_channels() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = herald_testkit::process::RedisServer::start().await;
+    let mut subscriber = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "SUBSCRIBE", "notifications:user:alice", "notifications:global"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-cli starts");
+    let mut lines = tokio::io::BufReader::new(subscriber.stdout.take().expect("piped")).lines();
+    let mut next = async || {
+        tokio::time::timeout(herald_testkit::WAIT, lines.next_line())
+            .await
+            .expect("redis-cli answers")
+            .unwrap()
+            .unwrap()
+    };
+    // "subscribe", channel, count: twice.
+    for _ in 0..6 {
+        next().await;
+    }
+    let url = redis.url();
+    let gateway = TestGateway::builder()
+        .settings(|s| {
+            s.outbox.mirror_url = Some(url);
+            s.outbox.poll_interval = Duration::from_millis(20);
+        })
+        .spawn()
+        .await;
+    let mut alice = device(&gateway, "alice").await;
+    enqueue(&gateway, json!({"eventId": "m1", "recipient": "user:alice", "type": "SYSTEM", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(next_notification(&mut alice).await["payload"]["text"], "hi", "Herald's own delivery");
+    let (kind, channel, message) = (next().await, next().await, next().await);
+    assert_eq!((kind.as_str(), channel.as_str()), ("message", "notifications:user:alice"));
+    let message: Value = serde_json::from_str(&message).expect("JSON");
+    assert_eq!((message["id"].clone(), message["userId"].clone()), (json!("m1"), json!("alice")), "{message}");
+    assert_eq!((message["type"].clone(), message["payload"]["text"].clone()), (json!("SYSTEM"), json!("hi")));
+    enqueue(&gateway, json!({"eventId": "m2", "recipient": "global", "type": "SYSTEM", "data": {}})).await;
+    let (_, channel, message) = (next().await, next().await, next().await);
+    assert_eq!(channel, "notifications:global");
+    assert_eq!(serde_json::from_str::<Value>(&message).unwrap()["id"], "m2");
 }
