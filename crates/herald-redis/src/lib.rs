@@ -94,6 +94,28 @@ pub enum StartError {
     Connect(String),
 }
 
+/// Opens a client for `url` and a command connection that reconnects by itself, each
+/// command bounded by `timeout`; the connection must answer within three of them.
+pub(crate) async fn connect_manager(
+    url: &str,
+    timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), StartError> {
+    // rustls needs a process-wide crypto provider for `rediss://`; one may be set already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = redis::Client::open(url).map_err(|error| StartError::Url(error.to_string()))?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(MAX_BACKOFF);
+    let commands =
+        tokio::time::timeout(timeout * 3, ConnectionManager::new_with_config(client.clone(), manager_config))
+            .await
+            .map_err(|_| StartError::Connect("timed out".into()))?
+            .map_err(|error| StartError::Connect(error.to_string()))?;
+    Ok((client, commands))
+}
+
 /// Most seed-channel messages waiting to be republished; more are dropped and counted.
 const INGEST_QUEUE: usize = 10_000;
 /// Most channels named in one SUBSCRIBE.
@@ -231,21 +253,7 @@ impl RedisBroker {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, StartError> {
-        // rustls needs a process-wide crypto provider for `rediss://`; one may be set already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(config.url.as_str()).map_err(|error| StartError::Url(error.to_string()))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(MAX_BACKOFF);
-        let commands = tokio::time::timeout(
-            config.command_timeout * 3,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| StartError::Connect("timed out".into()))?
-        .map_err(|error| StartError::Connect(error.to_string()))?;
+        let (client, commands) = connect_manager(&config.url, config.command_timeout).await?;
         let (ingest, ingest_queue) = mpsc::channel(INGEST_QUEUE);
         let inner = Arc::new(Inner {
             keys: Keys { prefix: config.prefix.clone() },

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herald_core::{BrokerError, Topic};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 /// How long a mirror command may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,16 +26,7 @@ impl std::fmt::Debug for SeedMirror {
 impl SeedMirror {
     /// Connects to `url`; channels are `{prefix}{topic}` (`notifications:` in seed 000).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, crate::StartError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(url).map_err(|error| crate::StartError::Url(error.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = tokio::time::timeout(TIMEOUT * 3, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| crate::StartError::Connect("timed out".into()))?
-            .map_err(|error| crate::StartError::Connect(error.to_string()))?;
+        let (_, connection) = crate::connect_manager(url, TIMEOUT).await?;
         Ok(Self { connection, prefix: prefix.to_owned() })
     }
 

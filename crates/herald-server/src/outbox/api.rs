@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use herald_core::{ErrorCode, Topic, TopicKind};
+use herald_core::ErrorCode;
 use herald_store::{NewOutboxEvent, OutboxEvent, StoreError};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -81,12 +81,10 @@ pub async fn enqueue(
     if request.event_id.is_empty() || request.event_id.len() > MAX_EVENT_ID {
         return Err(invalid(format!("\"eventId\" must be 1 to {MAX_EVENT_ID} characters")));
     }
-    let recipient_ok = Topic::parse(&request.recipient)
-        .is_ok_and(|topic| matches!(topic.kind(), TopicKind::User | TopicKind::Channel | TopicKind::Global));
-    if !recipient_ok {
+    if super::recipient_topic(&request.recipient).is_none() {
         return Err(invalid("\"recipient\" must be user:{id}, channel:{id} or global"));
     }
-    if request.kind.is_empty() || request.kind.len() > 64 {
+    if !super::valid_type(&request.kind) {
         return Err(invalid("\"type\" must be 1 to 64 characters"));
     }
     let data = match request.data {

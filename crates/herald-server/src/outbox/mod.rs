@@ -182,13 +182,24 @@ async fn round(state: &AppState, store: &dyn Store, settings: &OutboxSettings) -
         return Ok(0);
     }
     let count = claimed.len();
-    let lookups = Lookups::fetch(store, settings, &claimed).await;
-    let mut ready = Vec::with_capacity(count);
+    let mut parsed = Vec::with_capacity(count);
     let mut failed: Vec<(OutboxEvent, Problem)> = Vec::new();
     for event in claimed {
-        match prepare(&event, &lookups, settings.cloudfront_domain.as_deref()) {
-            Ok((topic, payload)) => ready.push(Prepared { event, topic, payload }),
+        match parse(&event) {
+            Ok((topic, payload)) => parsed.push(Prepared { event, topic, payload }),
             Err(problem) => failed.push((event, problem)),
+        }
+    }
+    let lookups = Lookups::fetch(store, settings, &parsed).await;
+    let mut ready = Vec::with_capacity(parsed.len());
+    for mut prepared in parsed {
+        if !ENRICHED_TYPES.contains(&prepared.event.kind.as_str()) {
+            ready.push(prepared);
+            continue;
+        }
+        match enrich(std::mem::take(&mut prepared.payload), &lookups, settings.cloudfront_domain.as_deref()) {
+            Ok(payload) => ready.push(Prepared { payload, ..prepared }),
+            Err(problem) => failed.push((prepared.event, problem)),
         }
     }
     let ready = mirror(state, ready, &mut failed).await;
@@ -252,39 +263,39 @@ fn backoff(settings: &OutboxSettings, event: &OutboxEvent) -> Duration {
     delay.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
-/// The recipient topic, the payload and its enrichment.
-fn prepare(
-    event: &OutboxEvent,
-    lookups: &Lookups,
-    cloudfront: Option<&str>,
-) -> Result<(Topic, Map<String, Value>), Problem> {
-    let topic = Topic::parse(&event.recipient)
+/// The recipient of an outbox event: `user:{id}`, `channel:{id}` or `global`.
+pub fn recipient_topic(recipient: &str) -> Option<Topic> {
+    Topic::parse(recipient)
         .ok()
         .filter(|topic| matches!(topic.kind(), TopicKind::User | TopicKind::Channel | TopicKind::Global))
-        .ok_or_else(|| {
-            Problem::permanent(format!("recipient {:?} is not user:{{id}}, channel:{{id}} or global", event.recipient))
-        })?;
-    if event.kind.is_empty() || event.kind.len() > 64 {
-        return Err(Problem::permanent("type must be 1 to 64 characters"));
-    }
-    let payload = payload_of(event)?;
-    if !ENRICHED_TYPES.contains(&event.kind.as_str()) {
-        return Ok((topic, payload));
-    }
-    Ok((topic, enrich(payload, lookups, cloudfront)?))
 }
 
-fn payload_of(event: &OutboxEvent) -> Result<Map<String, Value>, Problem> {
+/// Whether an outbox event type is acceptable: 1 to 64 characters.
+pub fn valid_type(kind: &str) -> bool {
+    !kind.is_empty() && kind.len() <= 64
+}
+
+/// The recipient topic and the payload object of an event.
+fn parse(event: &OutboxEvent) -> Result<(Topic, Map<String, Value>), Problem> {
+    let topic = recipient_topic(&event.recipient).ok_or_else(|| {
+        Problem::permanent(format!("recipient {:?} is not user:{{id}}, channel:{{id}} or global", event.recipient))
+    })?;
+    if !valid_type(&event.kind) {
+        return Err(Problem::permanent("type must be 1 to 64 characters"));
+    }
     match serde_json::from_str::<Value>(&event.data) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Object(map)) => Ok((topic, map)),
         Ok(_) => Err(Problem::permanent("data is not a JSON object")),
         Err(error) => Err(Problem::permanent(format!("data is not JSON: {error}"))),
     }
 }
 
+/// Where an event names its actor, in order of preference.
+const ACTOR_FIELDS: &[&str] = &["actorId", "fromUserId", "senderId"];
+
 /// The actor id of an enriched event that lacks the actor's details.
 fn actor_to_look_up(payload: &Map<String, Value>) -> Option<String> {
-    if payload.contains_key("userName") { None } else { id_field(payload, &["actorId", "fromUserId", "senderId"]) }
+    if payload.contains_key("userName") { None } else { id_field(payload, ACTOR_FIELDS) }
 }
 
 /// The channel id of an enriched event that lacks the channel's name.
@@ -300,7 +311,7 @@ fn enrich(
 ) -> Result<Map<String, Value>, Problem> {
     if !payload.contains_key("userName") {
         let actor =
-            actor_to_look_up(&payload).ok_or_else(|| Problem::permanent("no actorId to look the actor up by"))?;
+            id_field(&payload, ACTOR_FIELDS).ok_or_else(|| Problem::permanent("no actorId to look the actor up by"))?;
         let row = lookups.user(&actor)?.ok_or_else(|| Problem::transient(format!("user {actor} not found")))?;
         payload.insert("userName".into(), column(&row, "name"));
         let image = match column(&row, "image") {
@@ -357,13 +368,12 @@ struct Lookups {
 }
 
 impl Lookups {
-    async fn fetch(store: &dyn Store, settings: &OutboxSettings, events: &[OutboxEvent]) -> Self {
+    async fn fetch(store: &dyn Store, settings: &OutboxSettings, events: &[Prepared]) -> Self {
         let mut users = std::collections::BTreeSet::new();
         let mut channels = std::collections::BTreeSet::new();
-        for event in events.iter().filter(|event| ENRICHED_TYPES.contains(&event.kind.as_str())) {
-            let Ok(payload) = payload_of(event) else { continue };
-            users.extend(actor_to_look_up(&payload));
-            channels.extend(channel_to_look_up(&payload));
+        for prepared in events.iter().filter(|prepared| ENRICHED_TYPES.contains(&prepared.event.kind.as_str())) {
+            users.extend(actor_to_look_up(&prepared.payload));
+            channels.extend(channel_to_look_up(&prepared.payload));
         }
         Self {
             users: Self::all(store, &settings.user_query, users).await,
