@@ -231,35 +231,44 @@ if inbox_args is not None:
             problems.append(f"{label} inbox {inbox_args}: lost {run['lost']}, failed publishes {run['failed_publishes']}")
     out("")
 
-# Conversations (issue 6): Herald only, users in rooms sending messages with typing on.
+# Conversations (issue 6): Herald and the floor, users in rooms sending messages with typing on.
 chat_args = []
 for run in runs:
     if run.get("scenario") == "chat" and run.get("args") not in chat_args:
         chat_args.append(run.get("args"))
 chat_rows = []
+chat_floor = {}
 if chat_args:
     out("## chat")
     out("")
     out("Each user is a plain WebSocket member of one room (rooms created with `PUT /api/conversations/{topic}`), joined with `chat:join`; every interval it sends `message:typing`, then `message:new` half a second later (stored in SQLite, then broadcast to the room, the sender's own connection included).")
     out("Latency is from the sender writing `message:new` to each member receiving it; a typing indicator is one more delivery to every member, not counted in the latency or the per-delivery figures' denominator.")
-    out("Several sizes in one run show where this 2-core machine, shared by server and load generator, saturates.")
+    out("The floor runs the same scenario with none of Herald's work: it joins, numbers and broadcasts (one serialisation per message, the fields of Herald's message), with no store, membership, blocking, rate limits or heartbeats; what it reaches is what this machine allows with the load generator on the same two cores.")
+    out("Several sizes in one run show where the machine saturates; ×floor compares Herald with the floor at the same size, in the same rounds.")
     out("")
-    out("| arguments | delivered / expected | duplicates | refused | messages/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | server µs/delivery | loadgen µs/delivery | machine busy |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("| arguments | target | delivered / expected | duplicates | refused | messages/s | p50 ms | p99 ms | p99 ×floor | p99.9 ms | max ms | server µs/delivery | ×floor | loadgen µs/delivery | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for args in chat_args:
-        run = find("chat", args, "herald-ws")
-        if run is None:
-            continue
-        if "error" in run:
-            out(f"| `{args}` | error: {run['error']} | | | | | | | | | | | |")
-            problems.append(f"herald-ws chat {args}: {run['error']}")
-            continue
-        lat = run["latency"]
-        messages_per_second = median([r["messages_per_second"] for r in runs if r.get("scenario") == "chat" and r.get("args") == args and "error" not in r])
-        out(f"| `{args}` | {run['delivered']} / {run['expected']} | {run['duplicates']} | {run['refused']} | {messages_per_second:.0f} | {run['deliveries_per_second']:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {run['loadgen_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
-        chat_rows.append((args, run))
-        if run["lost"] or run["duplicates"] or run["refused"]:
-            problems.append(f"herald-ws chat {args}: lost {run['lost']}, duplicates {run['duplicates']}, refused {run['refused']}")
+        floor = find("chat", args, "floor")
+        floor = floor if floor and "error" not in floor else None
+        chat_floor[args] = floor
+        for label in ("floor", "herald-ws"):
+            run = find("chat", args, label)
+            if run is None:
+                continue
+            if "error" in run:
+                out(f"| `{args}` | {label} | error: {run['error']} | | | | | | | | | | | | |")
+                problems.append(f"{label} chat {args}: {run['error']}")
+                continue
+            lat = run["latency"]
+            messages_per_second = median([r["messages_per_second"] for r in runs if r.get("scenario") == "chat" and r.get("args") == args and r.get("label") == label and "error" not in r])
+            p99_ratio = ratio(lat["p99_us"], floor["latency"]["p99_us"]) if floor and label != "floor" else ""
+            cpu_ratio = ratio(run["server_cpu_us_per_delivery"], floor["server_cpu_us_per_delivery"]) if floor and label != "floor" else ""
+            out(f"| `{args}` | {label} | {run['delivered']} / {run['expected']} | {run['duplicates']} | {run['refused']} | {messages_per_second:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {p99_ratio} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {cpu_ratio} | {run['loadgen_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+            if label == "herald-ws":
+                chat_rows.append((args, run))
+            if run["lost"] or run["duplicates"] or run["refused"]:
+                problems.append(f"{label} chat {args}: lost {run['lost']}, duplicates {run['duplicates']}, refused {run['refused']}")
     out("")
 
 # The outbox worker (issue 7): events inserted into PostgreSQL, delivered by 1 or 2 workers.
@@ -339,6 +348,9 @@ for store, run in inbox_rows:
 for args, run in chat_rows:
     if "--users 10000" in args:
         check(f"chat delivery p99, {args}", run["latency"]["p99_us"] / 1000, 20, " ms")
+        floor = chat_floor.get(args)
+        if floor:
+            check(f"chat delivery p99 of the floor (what the machine allows), {args}", floor["latency"]["p99_us"] / 1000, 20, " ms")
 for args, label, run in worker_rows:
     if label == "herald-worker-1" and "--rate 0" in args:
         check_at_least(f"outbox events/s with one worker, {args}", run["deliveries_per_second"], 5000, "/s")

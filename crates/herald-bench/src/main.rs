@@ -606,7 +606,9 @@ async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
     let env = Arc::new(Env::new(&args.common)?);
     let room_size = args.room_size.max(1);
     let rooms = args.users.div_ceil(room_size);
-    let base = args.common.url.split(',').next().unwrap_or_default().trim().trim_end_matches('/').to_owned();
+    // Rooms are made where publishes go (the floor takes them on its publish port).
+    let base = args.common.publish_url.as_deref().unwrap_or(args.common.url.split(',').next().unwrap_or_default());
+    let base = base.trim().trim_end_matches('/').to_owned();
     for room in 0..rooms {
         let members: Vec<String> =
             (room * room_size..((room + 1) * room_size).min(args.users)).map(|user| format!("user{user}")).collect();
