@@ -78,6 +78,66 @@ pub const CLUSTER_NODES: &str = "herald_cluster_nodes";
 /// Gauge: connections across all live nodes.
 pub const CLUSTER_CONNECTIONS: &str = "herald_cluster_connections";
 
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: its name, kind and help text (`# HELP` on `/metrics`). docs/metrics.md
+/// lists the same names; a test keeps the two in step.
+pub const ALL: &[(&str, Kind, &str)] = &[
+    (CONNECTIONS_ACTIVE, Kind::Gauge, "Sessions open now, by transport."),
+    (CONNECTIONS_TOTAL, Kind::Counter, "Sessions ever opened, by transport."),
+    (CONNECTIONS_PEAK, Kind::Gauge, "The most sessions open at once since start, by transport."),
+    (CONNECTIONS_REFUSED, Kind::Counter, "Connections refused before a session existed, by reason."),
+    (EVENTS_IN, Kind::Counter, "Events received from clients and producers, by event name."),
+    (EVENTS_OUT, Kind::Counter, "Events handed to sessions, one per recipient, by event name."),
+    (EVENTS_RATE_LIMITED, Kind::Counter, "Client events dropped by their rate limit, by event name."),
+    (CHAT_EVENTS, Kind::Counter, "Conversation events published (messages, receipts, reactions, typing, attendance)."),
+    (TYPING_EXPIRED, Kind::Counter, "Typing indicators Herald ended because they were not renewed."),
+    (ERRORS, Kind::Counter, "Errors answered to clients, by error code."),
+    (PUBLISH_TO_ENQUEUE_SECONDS, Kind::Histogram, "Seconds from an event entering the node to its last local enqueue."),
+    (SLOW_CONSUMER_DISCONNECTS, Kind::Counter, "Sessions closed because their queue was full, by transport."),
+    (SESSIONS_CLOSED, Kind::Counter, "Sessions closed by the server, by reason."),
+    (PUBLISHES, Kind::Counter, "Publishes accepted by the HTTP API."),
+    (UNIQUE_USERS, Kind::Gauge, "Distinct users connected to this node."),
+    (TOPICS_ACTIVE, Kind::Gauge, "Topics with at least one local subscriber."),
+    (INBOX_CREATED, Kind::Counter, "Notifications the inbox stored (dedupe-key repeats not counted)."),
+    (INBOX_WRITE_SECONDS, Kind::Histogram, "Seconds one inbox write transaction (a batch of creations) took."),
+    (
+        INBOX_PUSH_SECONDS,
+        Kind::Histogram,
+        "Seconds pushing one committed inbox batch took (unread counts, publishing).",
+    ),
+    (INBOX_PRUNE_RUNS, Kind::Counter, "Inbox retention runs that deleted notifications."),
+    (RECOVERIES, Kind::Counter, "Returning clients that named a position, by whether it was recovered."),
+    (BROKER_CONNECTED, Kind::Gauge, "1 while the Redis broker's subscriber and commands work, else 0."),
+    (BROKER_OUTAGES, Kind::Counter, "Times the Redis broker became unavailable."),
+    (BROKER_MESSAGES_IN, Kind::Counter, "Messages received on Herald's Redis channels."),
+    (SEED_MESSAGES, Kind::Counter, "Messages from seed 000/004's notifications:* Redis channels, by result."),
+    (OUTBOX_EVENTS, Kind::Counter, "Outbox events handled, by result."),
+    (OUTBOX_DELIVERY_SECONDS, Kind::Histogram, "Seconds from an outbox event's creation to its delivery."),
+    (OUTBOX_PENDING, Kind::Gauge, "Outbox events neither processed nor dead."),
+    (OUTBOX_DEAD, Kind::Gauge, "Dead outbox events, waiting to be retried by hand."),
+    (OUTBOX_LAG_SECONDS, Kind::Gauge, "Age in seconds of the oldest pending outbox event (0 when none)."),
+    (CLUSTER_NODES, Kind::Gauge, "Live nodes in the cluster registry."),
+    (CLUSTER_CONNECTIONS, Kind::Gauge, "Connections across all live nodes."),
+];
+
+/// Gives the installed recorder every metric's help text.
+pub fn describe_all() {
+    for &(name, kind, help) in ALL {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// How many distinct event names get a label of their own; the rest share `other`,
 /// so a producer inventing names cannot blow up the metric cardinality.
 const MAX_EVENT_LABELS: usize = 64;
@@ -107,4 +167,30 @@ pub fn event_label(name: &str) -> &'static str {
 /// Counts one error answered to a client.
 pub fn count_error(code: crate::ErrorCode) {
     metrics::counter!(ERRORS, "code" => code.as_str()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ALL;
+
+    #[test]
+    fn docs_metrics_md_lists_every_metric_and_only_those() {
+        let docs = include_str!("../../../docs/metrics.md");
+        let documented: Vec<&str> = docs
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split('`').next())
+            .filter(|name| name.starts_with("herald_"))
+            .collect();
+        let names: Vec<&str> = ALL.iter().map(|(name, _, _)| *name).collect();
+        for name in &names {
+            assert!(documented.contains(name), "docs/metrics.md lacks {name}");
+        }
+        for name in &documented {
+            assert!(names.contains(name), "docs/metrics.md lists {name}, which Herald does not record");
+        }
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "a metric listed twice");
+    }
 }

@@ -39,6 +39,7 @@ pub fn prometheus() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("another metrics recorder is installed; /metrics will be empty");
             }
+            herald_core::metrics::describe_all();
             handle
         })
         .clone()

@@ -26,7 +26,10 @@ impl Server {
         let mut banner = Vec::new();
         let port = tokio::time::timeout(START_WAIT, async {
             while let Some(line) = lines.next_line().await.expect("stdout readable") {
-                if let Some(rest) = line.split("local_addr=").nth(1) {
+                // Plain logs say `local_addr=IP:PORT`; JSON logs (production) `"local_addr":"IP:PORT"`.
+                let plain = line.split("local_addr=").nth(1);
+                let json = line.split(r#""local_addr":""#).nth(1).and_then(|rest| rest.split('"').next());
+                if let Some(rest) = plain.or(json) {
                     let address: std::net::SocketAddr = rest.trim().trim_matches('"').parse().expect("an address");
                     return address.port();
                 }

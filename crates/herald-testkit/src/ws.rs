@@ -26,8 +26,15 @@ pub enum Ended {
 
 impl WsClient {
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let (stream, _) = connect_async(url).await?;
-        Ok(Self { stream, unread: Default::default() })
+        Ok(Self::connect_with_response(url).await?.0)
+    }
+
+    /// Connects and returns the server's upgrade response too (its headers).
+    pub async fn connect_with_response(
+        url: &str,
+    ) -> Result<(Self, tokio_tungstenite::tungstenite::handshake::client::Response), Error> {
+        let (stream, response) = connect_async(url).await?;
+        Ok((Self { stream, unread: Default::default() }, response))
     }
 
     /// Connects with a tiny socket receive buffer (which turns off the kernel's

@@ -28,6 +28,24 @@ enum Command {
     Worker(Box<Config>),
     /// Print a JWT signed with the configured key (JWT_SECRET, or --private-key).
     Token(TokenArgs),
+    /// Ask the Herald on this host whether it is alive (GET /health); exit 0 only for a
+    /// 200 answer. For container health checks (the image has no shell or curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// Address Herald listens on; 0.0.0.0 and :: mean this host's loopback.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// The path to ask, e.g. /ready.
+    #[arg(long, default_value = "/health")]
+    path: String,
+    /// How long to wait for the answer, e.g. 3s.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +99,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn normalised_args() -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
-    let is_subcommand = matches!(first.as_deref(), Some("serve" | "worker" | "token" | "help" | "-V" | "--version"));
+    let is_subcommand =
+        matches!(first.as_deref(), Some("serve" | "worker" | "token" | "health" | "help" | "-V" | "--version"));
     if !is_subcommand {
         args.insert(1, "serve".into());
     }
@@ -94,7 +113,7 @@ fn parse_cli() -> anyhow::Result<Cli> {
     let first_pass = Cli::try_parse_from(&args).unwrap_or_else(|error| error.exit());
     let config_path = match &first_pass.command {
         Command::Serve(config) | Command::Worker(config) => config.config.clone(),
-        Command::Token(_) => None,
+        Command::Token(_) | Command::Health(_) => None,
     };
     let Some(path) = config_path else { return Ok(first_pass) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -114,6 +133,7 @@ fn main() -> anyhow::Result<()> {
     let cli = parse_cli()?;
     match cli.command {
         Command::Token(args) => token(args),
+        Command::Health(args) => health(&args),
         Command::Serve(config) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(*config, false))
@@ -145,6 +165,42 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     spec.issuer = args.issuer;
     spec.audience = args.audience;
     println!("{}", signer.mint(&spec)?);
+    Ok(())
+}
+
+/// One HTTP/1.0 GET over loopback; an answer other than 200 is an error (exit code 1).
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let host = match args.host {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        host => host,
+    };
+    let address = std::net::SocketAddr::new(host, args.port);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, args.timeout)
+        .with_context(|| format!("cannot connect to {address}"))?;
+    stream.set_read_timeout(Some(args.timeout))?;
+    stream.set_write_timeout(Some(args.timeout))?;
+    write!(stream, "GET {} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n", args.path)?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+        if head[..read].contains(&b'\n') {
+            break;
+        }
+    }
+    let status_line = String::from_utf8_lossy(&head[..read]);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status_line.split_whitespace().nth(1) == Some("200"),
+        "{address}{} answered {status_line:?}",
+        args.path
+    );
+    println!("{address}{}: {status_line}", args.path);
     Ok(())
 }
 

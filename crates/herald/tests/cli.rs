@@ -299,3 +299,27 @@ async fn an_outbox_mirror_into_the_channels_herald_ingests_is_refused() {
     assert_ne!(code, 0);
     assert!(stderr.contains("HERALD_OUTBOX_MIRROR_URL") && stderr.contains("second time"), "{stderr}");
 }
+
+#[tokio::test]
+async fn herald_health_exits_0_for_a_live_node_and_1_otherwise() {
+    let server = Server::start({
+        let mut command = herald();
+        command.arg("--dev");
+        command
+    })
+    .await;
+    let port = server.port.to_string();
+    let (code, stdout, stderr) = output(herald().args(["health"]).env("PORT", &port).env("HOST", "0.0.0.0")).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("200"), "{stdout}");
+    // A path that is not 200 is unhealthy.
+    let (code, _, stderr) = output(herald().args(["health", "--port", &port, "--path", "/no-such-page"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    drop(server);
+    // Nothing listening: a clear error, exit 1.
+    let closed = herald_testkit::process::free_port().to_string();
+    let (code, _, stderr) = output(herald().args(["health", "--port", &closed])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
