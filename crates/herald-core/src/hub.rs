@@ -151,6 +151,10 @@ pub struct HubStats {
     pub unique_users: usize,
     pub topics: usize,
     pub subscriptions: usize,
+    /// Events this node has dispatched to its sessions since start.
+    pub dispatched: u64,
+    /// Deliveries (one per receiving session) since start.
+    pub delivered: u64,
 }
 
 /// The local sessions subscribed to one topic, with the outlet to reach each.
@@ -258,6 +262,8 @@ struct Inner {
     /// Local sessions per user on each conversation topic, for [`Attendance`].
     attendance_counts: Mutex<HashMap<(Topic, UserId), u32>>,
     attendance: std::sync::OnceLock<Arc<dyn Attendance>>,
+    dispatched: AtomicU64,
+    delivered: AtomicU64,
 }
 
 /// The registry of local sessions and subscriptions. Cheap to clone.
@@ -293,6 +299,8 @@ impl Hub {
                 interest: std::sync::OnceLock::new(),
                 attendance_counts: Mutex::default(),
                 attendance: std::sync::OnceLock::new(),
+                dispatched: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
             }),
         }
     }
@@ -610,6 +618,8 @@ impl Hub {
         if let Some(directive) = delivery.event().directive() {
             self.apply(topics, directive);
         }
+        self.inner.dispatched.fetch_add(1, Ordering::Relaxed);
+        self.inner.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
         let event_label = m::event_label(delivery.event().name());
         metrics::counter!(m::EVENTS_OUT, "event" => event_label).increment(delivered as u64);
         metrics::histogram!(m::PUBLISH_TO_ENQUEUE_SECONDS).record(delivery.accepted_instant().elapsed().as_secs_f64());
@@ -768,7 +778,23 @@ impl Hub {
             unique_users,
             topics: topics.len(),
             subscriptions: topics.values().map(HashMap::len).sum(),
+            dispatched: self.inner.dispatched.load(Ordering::Relaxed),
+            delivered: self.inner.delivered.load(Ordering::Relaxed),
         }
+    }
+
+    /// The `n` topics with the most local subscribers, most first.
+    pub fn largest_topics(&self, n: usize) -> Vec<(Topic, usize)> {
+        let map = self.inner.topics.read();
+        let mut sizes: Vec<(usize, &Topic)> =
+            map.iter().map(|(topic, subscribers)| (subscribers.len(), topic)).collect();
+        if sizes.len() > n && n > 0 {
+            sizes.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
+            sizes.truncate(n);
+        }
+        sizes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
+        sizes.truncate(n);
+        sizes.into_iter().map(|(count, topic)| (topic.clone(), count)).collect()
     }
 
     /// Active connections per transport name.

@@ -164,9 +164,29 @@ pub fn event_label(name: &str) -> &'static str {
     label
 }
 
-/// Counts one error answered to a client.
+/// How many of the latest errors [`recent_errors`] keeps.
+const RECENT_ERRORS: usize = 50;
+
+fn recent() -> &'static parking_lot::Mutex<std::collections::VecDeque<(u64, &'static str)>> {
+    static RECENT: OnceLock<parking_lot::Mutex<std::collections::VecDeque<(u64, &'static str)>>> = OnceLock::new();
+    RECENT.get_or_init(Default::default)
+}
+
+/// Counts one error answered to a client, and keeps it among the recent ones.
 pub fn count_error(code: crate::ErrorCode) {
     metrics::counter!(ERRORS, "code" => code.as_str()).increment(1);
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut recent = recent().lock();
+    if recent.len() == RECENT_ERRORS {
+        recent.pop_front();
+    }
+    recent.push_back((at, code.as_str()));
+}
+
+/// The latest errors answered to clients in this process (at most 50): Unix
+/// milliseconds and the error code, oldest first.
+pub fn recent_errors() -> Vec<(u64, &'static str)> {
+    recent().lock().iter().copied().collect()
 }
 
 #[cfg(test)]

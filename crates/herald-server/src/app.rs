@@ -22,7 +22,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::chat::api as chat_api;
 use crate::config::{Settings, StoreSettings};
-use crate::http::{ApiError, ops, publish};
+use crate::http::{ApiError, dashboard, ops, publish};
 use crate::inbox::{Inbox, api as inbox_api};
 use crate::limits::Admission;
 use crate::outbox::api as outbox_api;
@@ -306,6 +306,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/api/community/ws/health", get(ops::community_health))
         .route("/api/publish", post(publish::publish))
+        // Browsers ask every host for one; answering keeps their visits out of the errors.
+        .route("/favicon.ico", get(|| async { http::StatusCode::NO_CONTENT }))
+        .route("/dashboard", get(dashboard::show))
+        .route("/dashboard/login", post(dashboard::login))
+        .route("/dashboard/logout", post(dashboard::logout))
+        .route("/dashboard/stream", get(dashboard::stream))
+        .route("/dashboard/send", post(dashboard::send))
         .route("/api/notifications", post(inbox_api::create))
         .route("/api/users/{user}/notifications", get(inbox_api::list_of_user))
         .route("/api/users/{user}/presence", get(ops::presence))

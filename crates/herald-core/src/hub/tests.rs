@@ -139,9 +139,17 @@ fn dropping_the_guard_unregisters_everything() {
     let hub = Hub::default();
     let session = hub.register(principal("a"), "sse", RecordingOutlet::new(1));
     session.subscribe(topic("channel:1")).unwrap();
-    assert_eq!(hub.stats(), HubStats { connections: 1, unique_users: 1, topics: 3, subscriptions: 3 });
+    let stats = |connections, topics| HubStats {
+        connections,
+        unique_users: connections,
+        topics,
+        subscriptions: topics,
+        dispatched: 0,
+        delivered: 0,
+    };
+    assert_eq!(hub.stats(), stats(1, 3));
     drop(session);
-    assert_eq!(hub.stats(), HubStats { connections: 0, unique_users: 0, topics: 0, subscriptions: 0 });
+    assert_eq!(hub.stats(), stats(0, 0));
     assert!(hub.connections_by_transport().iter().all(|(_, active)| *active == 0));
 }
 
@@ -428,4 +436,31 @@ fn attendance_reports_a_users_first_and_last_session_on_a_conversation() {
         "one join and one leave for two devices; channels are not conversations"
     );
     assert_eq!(hub.attendance_of(&room, &user("bob")), 0);
+}
+
+#[test]
+fn counts_dispatches_and_deliveries_and_names_the_largest_topics() {
+    let hub = Hub::default();
+    let outlets: Vec<_> = (0..3).map(|_| RecordingOutlet::new(16)).collect();
+    let sessions: Vec<_> = outlets
+        .iter()
+        .enumerate()
+        .map(|(n, outlet)| hub.register(principal(&format!("u{n}")), "ws", outlet.clone()))
+        .collect();
+    sessions[0].subscribe(topic("channel:big")).unwrap();
+    sessions[1].subscribe(topic("channel:big")).unwrap();
+    sessions[2].subscribe(topic("channel:big")).unwrap();
+    sessions[0].subscribe(topic("channel:small")).unwrap();
+    hub.dispatch(&[topic("channel:big")], delivery("a"));
+    hub.dispatch(&[topic("channel:small")], delivery("b"));
+    hub.dispatch(&[topic("channel:none")], delivery("c"));
+    let stats = hub.stats();
+    assert_eq!((stats.dispatched, stats.delivered), (3, 4));
+    // Every session is on `global` too (3 subscribers), and on its own user topic (1).
+    let largest = hub.largest_topics(3);
+    assert_eq!(largest.len(), 3);
+    assert_eq!((largest[0].0.as_str(), largest[0].1), ("channel:big", 3));
+    assert_eq!((largest[1].0.as_str(), largest[1].1), ("global", 3));
+    assert_eq!(largest[2].1, 1);
+    assert!(hub.largest_topics(0).is_empty());
 }

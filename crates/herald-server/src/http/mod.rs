@@ -1,5 +1,6 @@
-//! The HTTP API (`POST /api/publish`) and the ops endpoints.
+//! The HTTP API (`POST /api/publish`), the ops endpoints and the operators' dashboard.
 
+pub mod dashboard;
 pub mod error;
 pub mod ops;
 pub mod publish;

@@ -4,6 +4,7 @@
 
 mod calls;
 mod chat;
+mod dashboard;
 mod engineio;
 mod inbox;
 mod limits;
