@@ -16,4 +16,5 @@ mod recovery;
 mod socketio;
 mod sse;
 mod support;
+mod typescript;
 mod ws;
