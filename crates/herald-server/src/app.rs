@@ -307,6 +307,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/community/ws/health", get(ops::community_health))
         .route("/api/publish", post(publish::publish))
         // Browsers ask every host for one; answering keeps their visits out of the errors.
+        .route("/api/openapi.json", get(crate::http::openapi::serve))
         .route("/favicon.ico", get(|| async { http::StatusCode::NO_CONTENT }))
         .route("/dashboard", get(dashboard::show))
         .route("/dashboard/login", post(dashboard::login))

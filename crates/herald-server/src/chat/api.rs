@@ -93,6 +93,7 @@ fn role_of(data: &Value) -> Result<String, ApiError> {
 }
 
 /// `PUT /api/conversations/{topic}`.
+#[utoipa::path(put, path = "/api/conversations/{topic}", tag = "conversations", security(("api_key" = [])), params(("topic" = String, Path, description = "`room:{id}`, `group:{id}` or `chat:{id}`")), request_body = crate::http::openapi::Conversation, responses((status = 200, description = "`{success, conversation, added}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed topic or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody)))]
 pub async fn put_conversation(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -114,6 +115,7 @@ pub async fn put_conversation(
 }
 
 /// `POST /api/conversations/{topic}/members`.
+#[utoipa::path(post, path = "/api/conversations/{topic}/members", tag = "conversations", security(("api_key" = [])), params(("topic" = String, Path, description = "A conversation topic")), request_body = crate::http::openapi::NewMembers, responses((status = 200, description = "`{success, added}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed topic or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such conversation", body = crate::http::openapi::ErrorBody)))]
 pub async fn add_members(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -132,6 +134,7 @@ pub async fn add_members(
 }
 
 /// `DELETE /api/conversations/{topic}/members/{userId}`.
+#[utoipa::path(delete, path = "/api/conversations/{topic}/members/{user}", tag = "conversations", security(("api_key" = [])), params(("topic" = String, Path, description = "A conversation topic"), ("user" = String, Path, description = "The member's user id")), responses((status = 200, description = "`{success, removed}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed topic or user id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody)))]
 pub async fn remove_member(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,6 +150,7 @@ pub async fn remove_member(
 }
 
 /// `GET /api/conversations/{topic}/members`.
+#[utoipa::path(get, path = "/api/conversations/{topic}/members", tag = "conversations", security(("api_key" = [])), params(("topic" = String, Path, description = "A conversation topic")), responses((status = 200, description = "`{success, members: [{userId, role, joinedAt}]}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed topic", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such conversation", body = crate::http::openapi::ErrorBody)))]
 pub async fn members(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -212,6 +216,7 @@ async fn page(state: &AppState, principal: &Principal, topic: &Topic, params: &P
 }
 
 /// `GET /api/conversations/{topic}/messages`.
+#[utoipa::path(get, path = "/api/conversations/{topic}/messages", tag = "conversations", security(("user_token" = [])), params(("topic" = String, Path, description = "A conversation topic"), ("before" = Option<String>, Query, description = "A message id: older messages only"), ("limit" = Option<u32>, Query, description = "1 to 100")), responses((status = 200, description = "`{success, messages}`, newest first", body = crate::http::openapi::Success), (status = 400, description = "Malformed topic or query", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not a member", body = crate::http::openapi::ErrorBody)))]
 pub async fn messages(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -319,6 +324,7 @@ pub async fn unblock(
 
 /// `POST /api/community/messages` (seed 001): stores the message and broadcasts
 /// `CHAT_MESSAGE` to the room on every node.
+#[utoipa::path(post, path = "/api/community/messages", tag = "community", security(("user_token" = [])), request_body = crate::http::openapi::CommunityMessage, responses((status = 201, description = "`{success, data: message}`, broadcast as `CHAT_MESSAGE`", body = crate::http::openapi::Success), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not a member", body = crate::http::openapi::ErrorBody)))]
 pub async fn community_post(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -333,6 +339,7 @@ pub async fn community_post(
 }
 
 /// `PATCH /api/community/messages/{id} {content}`.
+#[utoipa::path(patch, path = "/api/community/messages/{id}", tag = "community", security(("user_token" = [])), params(("id" = String, Path, description = "A message id")), request_body = crate::http::openapi::CommunityEdit, responses((status = 200, description = "`{success, data: message}`, broadcast as `MESSAGE_EDIT`", body = crate::http::openapi::Success), (status = 400, description = "Malformed id or body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not the author", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such message", body = crate::http::openapi::ErrorBody)))]
 pub async fn community_edit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -349,6 +356,7 @@ pub async fn community_edit(
 }
 
 /// `DELETE /api/community/messages/{id}`.
+#[utoipa::path(delete, path = "/api/community/messages/{id}", tag = "community", security(("user_token" = [])), params(("id" = String, Path, description = "A message id")), responses((status = 200, description = "`{success, data}`, broadcast as `MESSAGE_DELETE`", body = crate::http::openapi::Success), (status = 400, description = "Malformed id", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not the author", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such message", body = crate::http::openapi::ErrorBody)))]
 pub async fn community_delete(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -362,6 +370,7 @@ pub async fn community_delete(
 }
 
 /// `GET /api/community/messages?roomId=|groupId=&before=&limit=`.
+#[utoipa::path(get, path = "/api/community/messages", tag = "community", security(("user_token" = [])), params(("roomId" = Option<String>, Query, description = "The room"), ("groupId" = Option<String>, Query, description = "Or the group"), ("before" = Option<String>, Query, description = "A message id"), ("limit" = Option<u32>, Query, description = "1 to 100")), responses((status = 200, description = "`{success, data: [message]}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed query", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not a member", body = crate::http::openapi::ErrorBody)))]
 pub async fn community_list(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -2,6 +2,7 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod openapi;
 pub mod ops;
 pub mod publish;
 

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::state::AppState;
 
 /// `GET /health`: the process is up.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, description = "The process is up: `{status, uptimeSeconds}`")))]
 pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "uptimeSeconds": state.started_at.elapsed().as_secs()}))
 }
@@ -21,6 +22,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// How long `/ready` waits for the store to answer.
 const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, description = "Broker and store reachable"), (status = 503, description = "Not ready: broker or store unreachable, or shutting down")))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let broker_ready = state.broker.is_ready();
     let shutting_down = state.shutdown.is_cancelled();

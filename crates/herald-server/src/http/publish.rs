@@ -59,6 +59,7 @@ pub fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/api/publish", tag = "publish", security(("api_key" = [])), request_body = crate::http::openapi::PublishBody, responses((status = 202, description = "Taken by the broker", body = crate::http::openapi::Published), (status = 400, description = "Malformed body, topic or event", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "The broker cannot take events now", body = crate::http::openapi::ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -141,6 +141,7 @@ fn raw_json(text: String) -> Box<RawValue> {
 }
 
 /// `POST /api/notifications`.
+#[utoipa::path(post, path = "/api/notifications", tag = "inbox", security(("api_key" = [])), request_body = crate::http::openapi::NewNotification, responses((status = 201, description = "Stored and pushed: `{success, created, notification}` or `{success, created, notifications}`", body = crate::http::openapi::Success), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody), (status = 413, description = "Payload too large", body = crate::http::openapi::ErrorBody), (status = 503, description = "The store cannot answer now", body = crate::http::openapi::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -222,6 +223,7 @@ async fn list_for(inbox: &Inbox, user: &UserId, params: &ListParams) -> Result<J
 }
 
 /// `GET /api/users/{userId}/notifications` (server API).
+#[utoipa::path(get, path = "/api/users/{user}/notifications", tag = "inbox", security(("api_key" = [])), params(("user" = String, Path, description = "The user id"), ("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 100 (50)"), ("unread" = Option<String>, Query, description = "Only unread ones")), responses((status = 200, description = "A page of the user's inbox", body = crate::http::openapi::NotificationPage), (status = 400, description = "Malformed user id or query", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong API key", body = crate::http::openapi::ErrorBody)))]
 pub async fn list_of_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -242,6 +244,7 @@ pub fn user_of(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Re
 }
 
 /// `GET /api/me/notifications`.
+#[utoipa::path(get, path = "/api/me/notifications", tag = "inbox", security(("user_token" = [])), params(("cursor" = Option<String>, Query, description = "The `nextCursor` of the previous page"), ("limit" = Option<u32>, Query, description = "1 to 100 (50)"), ("unread" = Option<String>, Query, description = "Only unread ones")), responses((status = 200, description = "A page of the user's own inbox", body = crate::http::openapi::NotificationPage), (status = 400, description = "Malformed query", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody)))]
 pub async fn my_list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -256,6 +259,7 @@ pub async fn my_list(
 }
 
 /// `GET /api/me/notifications/unread-count`.
+#[utoipa::path(get, path = "/api/me/notifications/unread-count", tag = "inbox", security(("user_token" = [])), responses((status = 200, description = "`{success, count}`", body = crate::http::openapi::Success), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody)))]
 pub async fn my_unread_count(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -316,6 +320,7 @@ pub fn selection(data: &Value, all_by_default: bool) -> Result<Selection, (Error
 }
 
 /// `POST /api/me/notifications/{read,seen,delete}`.
+#[utoipa::path(post, path = "/api/me/notifications/{action}", tag = "inbox", security(("user_token" = [])), params(("action" = String, Path, description = "`read`, `seen` or `delete`")), request_body = crate::http::openapi::Selection, responses((status = 200, description = "Changed", body = crate::http::openapi::Changed), (status = 400, description = "Malformed selection", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such action", body = crate::http::openapi::ErrorBody)))]
 pub async fn my_change(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -343,6 +348,7 @@ pub async fn my_change(
 }
 
 /// `GET /api/me/notifications/{id}`.
+#[utoipa::path(get, path = "/api/me/notifications/{id}", tag = "inbox", security(("user_token" = [])), params(("id" = String, Path, description = "A notification id")), responses((status = 200, description = "`{success, notification}`", body = crate::http::openapi::Success), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such notification of this user", body = crate::http::openapi::ErrorBody)))]
 pub async fn my_get(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -356,6 +362,7 @@ pub async fn my_get(
 }
 
 /// `DELETE /api/me/notifications/{id}`.
+#[utoipa::path(delete, path = "/api/me/notifications/{id}", tag = "inbox", security(("user_token" = [])), params(("id" = String, Path, description = "A notification id")), responses((status = 200, description = "Deleted", body = crate::http::openapi::Changed), (status = 401, description = "Missing, invalid or expired token", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such notification of this user", body = crate::http::openapi::ErrorBody)))]
 pub async fn my_delete(
     State(state): State<AppState>,
     headers: HeaderMap,

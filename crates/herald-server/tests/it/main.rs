@@ -8,6 +8,7 @@ mod dashboard;
 mod engineio;
 mod inbox;
 mod limits;
+mod openapi;
 mod ops;
 mod outbox;
 mod presence;
