@@ -629,3 +629,48 @@ pub fn apply_toml_defaults(command: clap::Command, toml_text: &str) -> Result<cl
     }
     Ok(command)
 }
+
+/// docs/configuration-reference.md: every flag of `herald serve` (and `herald worker`),
+/// its environment variable, default and help, from the same definitions `--help` prints.
+pub fn reference_markdown() -> String {
+    use clap::Args as _;
+    let command = Config::augment_args(clap::Command::new("serve"));
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code (`Config` in `crates/herald-server/src/config.rs`) by \
+         `HERALD_UPDATE_DOCS=1 cargo test -p herald-server --lib configuration_reference`; a test fails when this file and the code differ.\n\
+         [configuration.md](configuration.md) explains the settings; `herald --help` prints the same list.\n\n\
+         | flag | environment | default | help |\n|---|---|---|---|\n",
+    );
+    let cell = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let env = arg.get_env().map(|env| format!("`{}`", env.to_string_lossy())).unwrap_or_default();
+        let defaults: Vec<String> =
+            arg.get_default_values().iter().map(|value| value.to_string_lossy().into_owned()).collect();
+        let default = if defaults.is_empty() { String::new() } else { format!("`{}`", defaults.join(",")) };
+        let help = arg.get_long_help().or(arg.get_help()).map(|help| cell(&help.to_string())).unwrap_or_default();
+        out.push_str(&format!("| `--{long}` | {env} | {default} | {help} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod reference_tests {
+    #[test]
+    fn configuration_reference_is_generated_from_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration-reference.md");
+        let generated = super::reference_markdown();
+        if std::env::var_os("HERALD_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &generated).expect("docs written");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/configuration-reference.md is out of date: run HERALD_UPDATE_DOCS=1 cargo test -p herald-server --lib configuration_reference"
+        );
+        for flag in ["`--port`", "`--redis-url`", "`--outbox-batch`", "`--rate-limits`"] {
+            assert!(generated.contains(flag), "{flag} in the reference");
+        }
+    }
+}
