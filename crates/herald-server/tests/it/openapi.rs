@@ -1,5 +1,5 @@
-//! `GET /api/openapi.json`: the document lists the HTTP API, every documented operation
-//! is routed, and schemathesis (PyPI, installed by scripts/test into target/tools) drives
+//! `GET /api/openapi.json`: the document is valid OpenAPI (openapi-spec-validator) and
+//! lists the HTTP API, every documented operation is routed, and schemathesis (PyPI, installed by scripts/test into target/tools) drives
 //! every operation with generated valid and invalid input, as the server API and as a
 //! user, finding no 5xx answer.
 
@@ -12,6 +12,7 @@ async fn the_document_describes_the_api_and_every_operation_in_it_is_routed() {
     let (status, document) = gateway.get_json("/api/openapi.json").await;
     assert_eq!(status, 200);
     assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.")), "{}", document["openapi"]);
+    validate(&document).await;
     let paths = document["paths"].as_object().expect("paths");
     for path in [
         "/api/publish",
@@ -49,6 +50,29 @@ async fn the_document_describes_the_api_and_every_operation_in_it_is_routed() {
         }
     }
     assert!(operations >= 19, "{operations} operations");
+}
+
+/// Checks the document against the OpenAPI specification with openapi-spec-validator
+/// (PyPI, installed by scripts/test into target/tools).
+async fn validate(document: &Value) {
+    use tokio::io::AsyncWriteExt;
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/openapi-validator");
+    assert!(
+        tools.exists(),
+        "openapi-spec-validator is not installed: run scripts/test, which installs it into target/tools"
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", &tools)
+        .args(["-c", "import json, sys; from openapi_spec_validator import validate; validate(json.load(sys.stdin))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(document.to_string().as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "not a valid OpenAPI document:\n{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// Runs schemathesis against the gateway with `authorization` on every request.
