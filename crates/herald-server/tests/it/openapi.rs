@@ -87,7 +87,7 @@ async fn schemathesis(gateway: &TestGateway, authorization: &str) -> (bool, Stri
             .env("PYTHONPATH", &tools)
             .args(["run", &gateway.http_url("/api/openapi.json")])
             .args(["--header", &format!("Authorization: Bearer {authorization}")])
-            .args(["--checks", "not_a_server_error", "--max-examples", "25", "--workers", "2"])
+            .args(["--checks", "not_a_server_error", "--max-examples", "15", "--workers", "2"])
             .args(["--seed", &seed, "--suppress-health-check", "all", "--no-shrink"])
             .kill_on_drop(true)
             .output(),
