@@ -788,12 +788,14 @@ impl Hub {
         let map = self.inner.topics.read();
         let mut sizes: Vec<(usize, &Topic)> =
             map.iter().map(|(topic, subscribers)| (subscribers.len(), topic)).collect();
-        if sizes.len() > n && n > 0 {
-            sizes.select_nth_unstable_by(n - 1, |a, b| b.0.cmp(&a.0));
+        let order =
+            |a: &(usize, &Topic), b: &(usize, &Topic)| b.0.cmp(&a.0).then_with(|| a.1.as_str().cmp(b.1.as_str()));
+        if n < sizes.len() {
+            // The n largest first, in any order; only those are sorted.
+            sizes.select_nth_unstable_by(n, order);
             sizes.truncate(n);
         }
-        sizes.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
-        sizes.truncate(n);
+        sizes.sort_unstable_by(order);
         sizes.into_iter().map(|(count, topic)| (topic.clone(), count)).collect()
     }
 

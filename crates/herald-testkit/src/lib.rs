@@ -58,6 +58,19 @@ impl TestSchema {
         StoreSettings::Postgres { url: self.url.clone(), schema: Some(self.name.clone()) }
     }
 
+    /// Runs SQL in this schema with psql; returns its unaligned output.
+    pub async fn psql(&self, sql: &str) -> String {
+        let output = tokio::process::Command::new("psql")
+            .arg(&self.url)
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("SET search_path = {}; {sql}", self.name))
+            .output()
+            .await
+            .expect("psql runs");
+        assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Drops the schema and everything in it (call at the end of the test).
     pub async fn drop_schema(self) {
         let status = tokio::process::Command::new("psql")
@@ -242,6 +255,21 @@ impl Drop for TestGateway {
 }
 
 /// Waits for `future` at most [`WAIT`]; panics with `what` on timeout.
+/// Polls until `condition` holds, at most `within`: for state only observable from
+/// outside (a node noticing Redis is back, a health check passing), never as a stand-in
+/// for an event.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(WAIT, future).await {
         Ok(value) => value,

@@ -150,6 +150,17 @@ impl RedisServer {
         self.port
     }
 
+    /// `redis-cli ARGS` against this server; its trimmed output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// SIGKILL by PID.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

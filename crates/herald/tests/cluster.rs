@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald_auth::{Signer, TokenSpec};
 use herald_testkit::process::{RedisServer, Server};
-use herald_testkit::{SseClient, WsClient};
+use herald_testkit::{SseClient, WsClient, eventually};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -73,25 +73,6 @@ async fn get(server: &Server, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
-    let output = Command::new("redis-cli").args(["-p", &redis.port().to_string()]).args(args).output().await.unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Polls until `condition` holds, at most `within`: for state only observable from
-/// outside (a node noticing Redis is back), never as a stand-in for an event.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn is_ready(server: &Server) -> bool {
     get(server, "/ready").await.0 == 200
 }
@@ -130,7 +111,7 @@ async fn a_publish_on_any_node_reaches_every_transport_on_every_node_once() {
     );
     sio_b.event("connected").await;
     eventually("both nodes subscribed to alice's topic", Duration::from_secs(5), || async {
-        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:user:alice"]).await.ends_with('2')
+        redis.cli(&["PUBSUB", "NUMSUB", "herald:c:user:alice"]).await.ends_with('2')
     })
     .await;
 
@@ -156,7 +137,7 @@ async fn a_publish_on_any_node_reaches_every_transport_on_every_node_once() {
     on_b.send_json(json!({"type": "subscribe", "payload": {"topic": "channel:only-b"}})).await;
     assert_eq!(on_b.next_json().await["type"], "subscribed");
     eventually("b subscribed to the channel", Duration::from_secs(5), || async {
-        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('1')
+        redis.cli(&["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('1')
     })
     .await;
     publish_ok(&a, json!({"topic": "channel:only-b", "event": "news"})).await;
@@ -164,7 +145,7 @@ async fn a_publish_on_any_node_reaches_every_transport_on_every_node_once() {
     on_b.send_json(json!({"type": "unsubscribe", "payload": {"topic": "channel:only-b"}})).await;
     assert_eq!(on_b.next_json().await["type"], "unsubscribed");
     eventually("nobody subscribed to the channel any more", Duration::from_secs(5), || async {
-        redis_cli(&redis, &["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('0')
+        redis.cli(&["PUBSUB", "NUMSUB", "herald:c:channel:only-b"]).await.ends_with('0')
     })
     .await;
 
@@ -198,15 +179,15 @@ async fn seed_000_and_004_producers_publishing_to_redis_reach_clients_unchanged(
     assert_eq!(channel.next_json().await["type"], "subscribed");
     // One node (the lease holder) listens to the seed channels.
     eventually("a node listens to the seed channels", Duration::from_secs(10), || async {
-        redis_cli(&redis, &["PUBSUB", "NUMPAT"]).await == "2"
+        redis.cli(&["PUBSUB", "NUMPAT"]).await == "2"
     })
     .await;
 
     let notification = json!({"id": "n1", "type": "NEW_FOLLOWER", "title": "<b>Hi</b>", "data": {"from": 7}});
-    assert_eq!(redis_cli(&redis, &["PUBLISH", "notifications:user:42", "not json {"]).await, "1");
-    redis_cli(&redis, &["PUBLISH", "notifications:user:42", &notification.to_string()]).await;
-    redis_cli(&redis, &["PUBLISH", "notifications:channel:sports", r#"{"score":"1-0"}"#]).await;
-    redis_cli(&redis, &["PUBLISH", "notifications:global", r#"{"maintenance":true}"#]).await;
+    assert_eq!(redis.cli(&["PUBLISH", "notifications:user:42", "not json {"]).await, "1");
+    redis.cli(&["PUBLISH", "notifications:user:42", &notification.to_string()]).await;
+    redis.cli(&["PUBLISH", "notifications:channel:sports", r#"{"score":"1-0"}"#]).await;
+    redis.cli(&["PUBLISH", "notifications:global", r#"{"maintenance":true}"#]).await;
 
     let frame = user.next_json().await;
     assert_eq!(
@@ -564,19 +545,6 @@ async fn conversations_span_nodes_with_membership_blocks_and_removal_applied_eve
     schema.drop_schema().await;
 }
 
-/// Runs SQL in the test's schema with psql; returns its unaligned output.
-async fn psql(schema: &herald_testkit::TestSchema, sql: &str) -> String {
-    let output = Command::new("psql")
-        .arg(&schema.url)
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("SET search_path = {}; {sql}", schema.name))
-        .output()
-        .await
-        .expect("psql runs");
-    assert!(output.status.success(), "psql failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// Seed 004 end to end on PostgreSQL: an application enqueues notification events in its
 /// own transaction (`herald_enqueue`); two `herald worker` processes share them (SKIP
 /// LOCKED), woken by NOTIFY; one is SIGKILLed in the middle of a batch. Every event
@@ -594,7 +562,7 @@ async fn outbox_workers_share_events_and_a_killed_one_loses_and_duplicates_nothi
     let gateway = node(&redis, "gateway", &serving).await;
     // The application's tables (seed 004's Prisma models), beside Herald's; every event
     // comes from another user.
-    psql(&schema, &format!(
+    schema.psql(&format!(
         r#"CREATE TABLE "User" (id TEXT PRIMARY KEY, name TEXT, image TEXT);
            CREATE TABLE "Channel" (id TEXT PRIMARY KEY, name TEXT);
            INSERT INTO "User" SELECT g::text, 'fan ' || g, 'avatars/' || g || '.png' FROM generate_series(1, {EVENTS}) g;
@@ -627,17 +595,15 @@ async fn outbox_workers_share_events_and_a_killed_one_loses_and_duplicates_nothi
     // One application transaction enqueues them all; the workers are idle, polling only
     // every 5 s, so the first arrival within 2.5 s shows NOTIFY woke them.
     let enqueued = std::time::Instant::now();
-    let created = psql(
-        &schema,
-        &format!(
+    let created = schema
+        .psql(&format!(
             r#"BEGIN;
            SELECT count(*) FILTER (WHERE herald_enqueue('tip-' || g, 'user:alice', 'TIP',
                json_build_object('actorId', g, 'channelId', '3', 'amount', g)::text))
            FROM generate_series(1, {EVENTS}) g;
            COMMIT;"#
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(created, EVENTS.to_string());
     let mut seen = std::collections::HashMap::<String, usize>::new();
     let receive = |seen: &mut std::collections::HashMap<String, usize>, frame: Value| {
@@ -658,15 +624,15 @@ async fn outbox_workers_share_events_and_a_killed_one_loses_and_duplicates_nothi
     let stuck = "SELECT count(*) FROM herald_outbox WHERE processed_at IS NULL";
     let claimed_once = "SELECT count(*) FROM herald_outbox WHERE processed_at IS NULL AND attempts = 1";
     eventually("only the stuck batch is left", Duration::from_secs(20), || async {
-        let left = psql(&schema, stuck).await;
-        left != "0" && left == psql(&schema, claimed_once).await && left.parse::<usize>().unwrap() <= 10
+        let left = schema.psql(stuck).await;
+        left != "0" && left == schema.psql(claimed_once).await && left.parse::<usize>().unwrap() <= 10
     })
     .await;
-    let stuck: usize = psql(&schema, stuck).await.parse().unwrap();
+    let stuck: usize = schema.psql(stuck).await.parse().unwrap();
     first.kill().await;
     // Its lookups would sleep on in PostgreSQL (holding the `User` table the schema's drop
     // needs); end them.
-    psql(&schema, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(CASE WHEN id::int > 150%' AND pid <> pg_backend_pid()").await;
+    schema.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(CASE WHEN id::int > 150%' AND pid <> pg_backend_pid()").await;
     // The other worker finishes, retaking the killed one's batch when its lease runs out.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < EVENTS {
@@ -676,13 +642,13 @@ async fn outbox_workers_share_events_and_a_killed_one_loses_and_duplicates_nothi
         receive(&mut seen, frame);
     }
     eventually("every event is marked processed", Duration::from_secs(10), || async {
-        psql(&schema, "SELECT count(*) FROM herald_outbox WHERE processed_at IS NULL").await == "0"
+        schema.psql("SELECT count(*) FROM herald_outbox WHERE processed_at IS NULL").await == "0"
     })
     .await;
-    let stored = psql(&schema, "SELECT count(*) || ' ' || count(DISTINCT dedupe_key) FROM herald_notifications").await;
+    let stored = schema.psql("SELECT count(*) || ' ' || count(DISTINCT dedupe_key) FROM herald_notifications").await;
     assert_eq!(stored, format!("{EVENTS} {EVENTS}"), "each event stored once");
     // The killed worker's batch was done again by the other, and only that batch.
-    let retaken: usize = psql(&schema, "SELECT count(*) FROM herald_outbox WHERE attempts > 1").await.parse().unwrap();
+    let retaken: usize = schema.psql("SELECT count(*) FROM herald_outbox WHERE attempts > 1").await.parse().unwrap();
     assert_eq!(retaken, stuck, "the stuck batch was retaken");
     // A retaken event may reach the device twice (stored and pushed, then killed before
     // being marked done); only those, and with the same notification id.

@@ -16,12 +16,14 @@ use std::time::Duration;
 
 use herald_auth::{Signer, TokenSpec};
 use herald_testkit::process::{RedisServer, Server, free_port};
-use herald_testkit::{NodeClient, SseClient, TestSchema, WsClient};
+use herald_testkit::{NodeClient, SseClient, TestSchema, WsClient, eventually};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
 const SECRET: &str = "deploy-secret";
 const API_KEY: &str = "deploy-key";
+/// How long the topology may take to settle (health checks, subscriptions).
+const WAIT_LONG: Duration = Duration::from_secs(15);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -189,39 +191,8 @@ async fn service(
     Server::start(command).await
 }
 
-async fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
-    let output = Command::new("redis-cli").args(["-p", &redis.port().to_string()]).args(args).output().await.unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// Polls until `condition` holds: for state only observable from outside (a health check
-/// passing, a Redis subscription), never in place of an event.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn subscribed(redis: &RedisServer, user: &str, nodes: usize) -> bool {
-    redis_cli(redis, &["PUBSUB", "NUMSUB", &format!("herald:c:user:{user}")]).await.ends_with(&nodes.to_string())
-}
-
-async fn psql(schema: &TestSchema, sql: &str) -> String {
-    let output = Command::new("psql")
-        .arg(&schema.url)
-        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg(format!("SET search_path = {}; {sql}", schema.name))
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "psql: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    redis.cli(&["PUBSUB", "NUMSUB", &format!("herald:c:user:{user}")]).await.ends_with(&nodes.to_string())
 }
 
 /// `promtool check metrics` on a node's `/metrics`.
@@ -267,7 +238,7 @@ async fn the_compose_topology_runs_as_processes_behind_haproxy() {
     let lb = |path: &str| format!("http://127.0.0.1:{listen}{path}");
     let http = reqwest::Client::new();
     // Both nodes pass HAProxy's /ready check: two answers in a row come from both.
-    eventually("both nodes are in service behind the load balancer", || async {
+    eventually("both nodes are in service behind the load balancer", WAIT_LONG, || async {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..2 {
             if let Ok(response) = http.get(lb("/health")).send().await
@@ -317,7 +288,7 @@ async fn the_compose_topology_runs_as_processes_behind_haproxy() {
     assert_eq!(failed["kind"], "connect_error", "{failed}");
     drop(eve);
     for user in ["alice", "bob", "carol", "dave"] {
-        eventually("the user's node subscribed in Redis", || subscribed(&redis, user, 1)).await;
+        eventually("the user's node subscribed in Redis", WAIT_LONG, || subscribed(&redis, user, 1)).await;
     }
 
     // One publish through the load balancer reaches every user on whichever node holds them.
@@ -341,15 +312,13 @@ async fn the_compose_topology_runs_as_processes_behind_haproxy() {
     assert_eq!(dave.event("deployed").await[0]["n"], 1);
 
     // The worker service delivers what the application enqueues in PostgreSQL.
-    eventually("the worker is ready", || async {
+    eventually("the worker is ready", WAIT_LONG, || async {
         reqwest::get(worker.http("/ready")).await.is_ok_and(|response| response.status() == 200)
     })
     .await;
-    psql(
-        &schema,
-        "SELECT herald_enqueue('deploy-1', 'user:alice', 'ANNOUNCEMENT', '{\"text\":\"hello from the outbox\"}')",
-    )
-    .await;
+    schema
+        .psql("SELECT herald_enqueue('deploy-1', 'user:alice', 'ANNOUNCEMENT', '{\"text\":\"hello from the outbox\"}')")
+        .await;
     let frame = alice.next_event("notification:new").await;
     assert_eq!(frame["payload"]["text"], "hello from the outbox", "{frame}");
 

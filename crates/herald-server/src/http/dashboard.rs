@@ -47,12 +47,7 @@ fn accepted(state: &AppState, credential: &str) -> bool {
 
 /// The credential a request presents: `Authorization: Bearer`, else the cookie.
 fn presented(headers: &HeaderMap) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|value| value.trim().to_owned());
-    bearer.or_else(|| {
+    crate::state::token_from_request(headers, None).or_else(|| {
         headers.get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()).find_map(|cookies| {
             cookies.split(';').find_map(|pair| {
                 let value = pair.trim().strip_prefix(COOKIE)?.strip_prefix('=')?;
