@@ -28,6 +28,9 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 /// 16 MiB at SQLite's 4 KiB pages.
 const WAL_RESET_FRAMES: i64 = 4096;
 
+/// Bytes a WAL file is trimmed to when SQLite starts it over (`journal_size_limit`, 8 MiB).
+const WAL_SIZE_LIMIT: &str = "8388608";
+
 fn migrator() -> Migrator {
     Migrator::with_migrations(vec![
         Migration::new(
@@ -145,7 +148,11 @@ impl SqliteStore {
             .foreign_keys(true)
             // Checkpoints are the checkpointer's (below), never a commit's: a commit that
             // copies 1,000 pages and syncs the file would stall every write behind it.
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            // When a writer starts the WAL over on its own (everything copied, no reader
+            // left in it), SQLite reuses the file at its old size; this trims it back, so
+            // the file stays bounded however it was reset.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
         // An embedded file needs no liveness check before each use (sqlx's default pings
         // every connection it hands out, a round trip to the connection's thread).
         let pool = SqlitePoolOptions::new()
