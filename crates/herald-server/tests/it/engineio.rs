@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald_testkit::{Ended, TestGateway, WsClient};
 use serde_json::{Value, json};
 
-use crate::support::{connection_count, eventually, publish_ok};
+use crate::support::{connection_count, eventually, publish_bulk_paced, publish_ok};
 
 const POLLING: &str = "/socket.io/?EIO=4&transport=polling";
 const WEBSOCKET: &str = "/socket.io/?EIO=4&transport=websocket";
@@ -206,20 +206,17 @@ async fn a_socketio_client_that_stops_reading_is_cut_off_and_others_get_everythi
     reader.send(&format!("40{}", json!({"token": gateway.token("reader")}))).await;
     reader.until("42[\"connected\"").await;
     eventually("both sockets are connected", || async { connection_count(&gateway).await == 2 }).await;
-    let padding = "x".repeat(60_000);
     let total = 400;
+    let (count, mut received) = tokio::sync::watch::channel(0);
     let reading = tokio::spawn(async move {
-        let mut received = 0;
-        while received < total {
+        while *count.borrow() < total {
             if reader.next_packet().await.starts_with("42[\"bulk\"") {
-                received += 1;
+                count.send_modify(|n| *n += 1);
             }
         }
-        (received, reader)
+        (*count.borrow(), reader)
     });
-    for i in 0..total {
-        publish_ok(&gateway, json!({"topic": "global", "event": "bulk", "data": {"i": i, "pad": padding}})).await;
-    }
+    publish_bulk_paced(&gateway, total, 4, &mut received).await;
     let (received, _reader) = reading.await.unwrap();
     assert_eq!(received, total, "the reading client got every event");
     eventually("the stalled client is disconnected", || async { connection_count(&gateway).await == 1 }).await;

@@ -37,3 +37,23 @@ pub fn driver(gateway: &TestGateway, path: &str, options: Value) -> herald_testk
     let url = gateway.http_url(path);
     gateway.node("sio-driver.mjs", &[("HERALD_URL", &url), ("SIO_OPTIONS", &options.to_string())])
 }
+
+/// Publishes `total` `bulk` events of 60 kB to `global` for a slow-consumer test, never more
+/// than `window` events ahead of the count the reading client reports on `received`. The reader
+/// keeps up by construction, however loaded the machine is, so only a client that does not
+/// read at all can fill its queue.
+pub async fn publish_bulk_paced(
+    gateway: &TestGateway,
+    total: usize,
+    window: usize,
+    received: &mut tokio::sync::watch::Receiver<usize>,
+) {
+    let padding = "x".repeat(60_000);
+    for i in 0..total {
+        herald_testkit::within("the reading client to catch up", received.wait_for(|n| n + window > i))
+            .await
+            .expect("the reading client is alive");
+        publish_ok(gateway, serde_json::json!({"topic": "global", "event": "bulk", "data": {"i": i, "pad": padding}}))
+            .await;
+    }
+}

@@ -4,7 +4,7 @@ use herald_testkit::{Ended, TestGateway, WsClient};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{connection_count, eventually, publish_ok};
+use crate::support::{connection_count, eventually, publish_bulk_paced, publish_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_with_query_token_and_receives_user_publishes() {
@@ -194,20 +194,17 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_everything() {
             .unwrap();
     let mut reader = gateway.ws(&format!("/ws?token={}", gateway.token("reader"))).await;
     reader.next_event("connected").await;
-    let padding = "x".repeat(60_000);
     let total = 400;
+    let (count, mut received) = tokio::sync::watch::channel(0);
     let reading = tokio::spawn(async move {
-        let mut received = 0;
-        while received < total {
+        while *count.borrow() < total {
             if reader.next_json().await["type"] == "bulk" {
-                received += 1;
+                count.send_modify(|n| *n += 1);
             }
         }
-        (received, reader)
+        (*count.borrow(), reader)
     });
-    for i in 0..total {
-        publish_ok(&gateway, json!({"topic": "global", "event": "bulk", "data": {"i": i, "pad": padding}})).await;
-    }
+    publish_bulk_paced(&gateway, total, 4, &mut received).await;
     let (received, _reader) = reading.await.unwrap();
     assert_eq!(received, total, "the reading client got every event");
     eventually("the stalled client is disconnected", || async { connection_count(&gateway).await == 1 }).await;
