@@ -460,12 +460,27 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
     heartbeat.reset();
     let mut shutdown = pin!(state.shutdown.cancelled());
     let mut awaiting_pong = false;
+    // A delivery taken from the mailbox in a round that then served the socket first.
+    let mut taken: Option<Arc<Delivery>> = None;
     loop {
         // Every source polled in priority order, with no future kept per source (as
         // `select!` would): an idle connection's loop holds only the timer and the
-        // shutdown wait.
+        // shutdown wait. The mailbox is locked once per round: its close outranks
+        // everything, and the delivery it hands out waits in `taken` while incoming
+        // frames go first.
         let wake = poll_fn(|cx| {
-            if let Poll::Ready(reason) = queue.poll_closed(cx) {
+            let closed = match taken {
+                None => match queue.poll_recv(cx) {
+                    Poll::Ready(Ok(delivery)) => {
+                        taken = Some(delivery);
+                        Poll::Pending
+                    }
+                    Poll::Ready(Err(reason)) => Poll::Ready(reason),
+                    Poll::Pending => Poll::Pending,
+                },
+                Some(_) => queue.poll_closed(cx),
+            };
+            if let Poll::Ready(reason) = closed {
                 return Poll::Ready(Wake::Closed(reason));
             }
             if shutdown.as_mut().poll(cx).is_ready() {
@@ -474,17 +489,23 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
             if let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Incoming(incoming));
             }
-            match queue.poll_recv(cx) {
-                Poll::Ready(Ok(delivery)) => return Poll::Ready(Wake::Deliver(delivery)),
-                Poll::Ready(Err(reason)) => return Poll::Ready(Wake::Closed(reason)),
-                Poll::Pending => {}
+            if let Some(delivery) = taken.take() {
+                return Poll::Ready(Wake::Deliver(delivery));
             }
             heartbeat.poll_tick(cx).map(|_| Wake::Heartbeat)
         })
         .await;
         match wake {
             Wake::Closed(reason) => return End::Close(close_code(reason), reason.message()),
-            Wake::Shutdown => return End::Drain,
+            Wake::Shutdown => {
+                // The drain sends what is still queued; a delivery already taken goes first.
+                if let Some(delivery) = taken.take()
+                    && socket.feed(Message::Text(wire::ws_encoded(&delivery, dialect))).await.is_err()
+                {
+                    return End::Gone;
+                }
+                return End::Drain;
+            }
             Wake::Incoming(incoming) => match incoming {
                 None => return End::Gone,
                 Some(Err(error)) if is_too_large(&error) => {
