@@ -424,7 +424,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     sqlx::query(concat!(
                         "INSERT INTO herald_conversations (topic, name, created_at, updated_at) VALUES ($1, $2, $3, $3) ",
                         "ON CONFLICT (topic) DO UPDATE SET name = COALESCE(excluded.name, herald_conversations.name), ",
@@ -433,7 +433,7 @@ macro_rules! chat_store {
                     .bind(topic)
                     .bind(name)
                     .bind(at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(())
                 })
@@ -447,8 +447,8 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<Vec<String>, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
-                    let mut tx = self.pool.begin().await?;
+                    let mut turn = self.write_turn().await?;
+                    let mut tx = sqlx::Connection::begin(&mut *turn).await?;
                     sqlx::query(concat!(
                         "INSERT INTO herald_conversations (topic, name, created_at, updated_at) VALUES ($1, NULL, $2, $2) ",
                         "ON CONFLICT (topic) DO NOTHING"
@@ -485,8 +485,8 @@ macro_rules! chat_store {
                 users: &'a [String],
             ) -> $crate::BoxFuture<'a, Result<Vec<String>, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
-                    let mut tx = self.pool.begin().await?;
+                    let mut turn = self.write_turn().await?;
+                    let mut tx = sqlx::Connection::begin(&mut *turn).await?;
                     let mut removed = Vec::new();
                     for user in users {
                         let deleted = sqlx::query("DELETE FROM herald_members WHERE topic = $1 AND user_id = $2")
@@ -556,7 +556,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'_, Result<$crate::chat::Posted, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, Posted, decode_message, message_columns};
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     // One statement: the membership and reference checks and the insert.
                     let row = sqlx::query(concat!(
                         "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
@@ -583,11 +583,13 @@ macro_rules! chat_store {
                     .bind(&new.temp_id)
                     .bind(&new.metadata)
                     .bind(new.created_at)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *turn)
                     .await?;
                     if let Some(row) = row {
                         return Ok(Posted { message: decode_message(&row)?, new: true });
                     }
+                    // Nothing written: why is read on a reader, leaving the writer to others.
+                    drop(turn);
                     if let Some(temp_id) = &new.temp_id {
                         let row = sqlx::query(concat!(
                             "SELECT ",
@@ -640,7 +642,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'a, Result<$crate::chat::Message, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, decode_message, message_columns, why_unchanged};
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let row = sqlx::query(concat!(
                         "UPDATE herald_messages SET content = $1, edited_at = $2 ",
                         "WHERE id = $3 AND author_id = $4 AND deleted_at IS NULL RETURNING ",
@@ -650,11 +652,11 @@ macro_rules! chat_store {
                     .bind(at)
                     .bind(id)
                     .bind(author)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *turn)
                     .await?;
                     match row {
                         Some(row) => Ok(decode_message(&row)?),
-                        None => Err(why_unchanged!(&self.pool, author, id)),
+                        None => Err(why_unchanged!(&mut *turn, author, id)),
                     }
                 })
             }
@@ -667,7 +669,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'a, Result<$crate::chat::Message, $crate::chat::ChatError>> {
                 use $crate::chat::{ChatError, decode_message, message_columns, why_unchanged};
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let row = sqlx::query(concat!(
                         "UPDATE herald_messages SET content = '', metadata = NULL, deleted_at = $1 ",
                         "WHERE id = $2 AND author_id = $3 AND deleted_at IS NULL RETURNING ",
@@ -676,11 +678,11 @@ macro_rules! chat_store {
                     .bind(at)
                     .bind(id)
                     .bind(author)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *turn)
                     .await?;
                     match row {
                         Some(row) => Ok(decode_message(&row)?),
-                        None => Err(why_unchanged!(&self.pool, author, id)),
+                        None => Err(why_unchanged!(&mut *turn, author, id)),
                     }
                 })
             }
@@ -722,9 +724,9 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<Vec<$crate::chat::ReceiptChange>, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let read_at = (kind == $crate::chat::ReceiptKind::Read).then_some(at);
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = sqlx::Connection::begin(&mut *turn).await?;
                     let mut changed = Vec::new();
                     for id in $crate::distinct(ids) {
                         // Inserted, or updated only when it moves forward: `RETURNING`
@@ -786,11 +788,17 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<(String, bool), $crate::chat::ChatError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
-                    let message = self.message(user, id).await?;
-                    if message.deleted_at.is_some() {
-                        return Err($crate::chat::ChatError::NotFound);
-                    }
+                    let mut turn = self.write_turn().await?;
+                    // Read on the writer, so that no delete comes between the check and the write.
+                    let topic: String = sqlx::query_scalar(concat!(
+                        "SELECT m.topic FROM herald_messages m WHERE m.id = $1 AND m.deleted_at IS NULL AND EXISTS ",
+                        "(SELECT 1 FROM herald_members b WHERE b.topic = m.topic AND b.user_id = $2)"
+                    ))
+                    .bind(id)
+                    .bind(user)
+                    .fetch_optional(&mut *turn)
+                    .await?
+                    .ok_or($crate::chat::ChatError::NotFound)?;
                     let changed = if add {
                         sqlx::query(concat!(
                             "INSERT INTO herald_reactions (message_id, user_id, emoji, created_at) VALUES ($1, $2, $3, $4) ",
@@ -800,18 +808,18 @@ macro_rules! chat_store {
                         .bind(user)
                         .bind(emoji)
                         .bind(at)
-                        .execute(&self.pool)
+                        .execute(&mut *turn)
                         .await?
                     } else {
                         sqlx::query("DELETE FROM herald_reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3")
                             .bind(id)
                             .bind(user)
                             .bind(emoji)
-                            .execute(&self.pool)
+                            .execute(&mut *turn)
                             .await?
                     }
                     .rows_affected();
-                    Ok((message.topic, changed > 0))
+                    Ok((topic, changed > 0))
                 })
             }
 
@@ -846,7 +854,7 @@ macro_rules! chat_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let inserted = sqlx::query(concat!(
                         "INSERT INTO herald_blocks (user_id, blocked_id, created_at) VALUES ($1, $2, $3) ",
                         "ON CONFLICT (user_id, blocked_id) DO NOTHING"
@@ -854,7 +862,7 @@ macro_rules! chat_store {
                     .bind(user)
                     .bind(other)
                     .bind(at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?
                     .rows_affected();
                     Ok(inserted > 0)
@@ -867,11 +875,11 @@ macro_rules! chat_store {
                 other: &'a str,
             ) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let deleted = sqlx::query("DELETE FROM herald_blocks WHERE user_id = $1 AND blocked_id = $2")
                         .bind(user)
                         .bind(other)
-                        .execute(&self.pool)
+                        .execute(&mut *turn)
                         .await?
                         .rows_affected();
                     Ok(deleted > 0)
@@ -887,7 +895,7 @@ macro_rules! chat_store {
             ) -> $crate::BoxFuture<'a, Result<$crate::chat::Call, $crate::StoreError>> {
                 use $crate::chat::{call_columns, decode_call};
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let row = sqlx::query(concat!(
                         "INSERT INTO herald_calls (caller_id, callee_id, type, state, created_at) ",
                         "VALUES ($1, $2, $3, 'ringing', $4) RETURNING ",
@@ -897,7 +905,7 @@ macro_rules! chat_store {
                     .bind(callee)
                     .bind(kind)
                     .bind(at)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *turn)
                     .await?;
                     Ok(decode_call(&row)?)
                 })
@@ -914,7 +922,7 @@ macro_rules! chat_store {
                 Box::pin(async move {
                     let (from_a, from_b, to, reason, callee_only) = step_rule(step);
                     // Ending an active call completes it; ending a ringing one cancels it.
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let row = sqlx::query(concat!(
                         "UPDATE herald_calls SET state = $1, ",
                         "reason = CASE WHEN $1 = 'active' THEN NULL ",
@@ -933,11 +941,12 @@ macro_rules! chat_store {
                     .bind(from_b)
                     .bind(if step == CallStep::Miss { "" } else { user })
                     .bind(i64::from(callee_only))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *turn)
                     .await?;
                     match row {
                         Some(row) => Ok(decode_call(&row)?),
                         None => {
+                            drop(turn);
                             let call = self.call(if step == CallStep::Miss { "" } else { user }, id).await;
                             match call {
                                 Ok(call) if callee_only && call.callee_id != user => Err(ChatError::NotFound),
@@ -1013,7 +1022,7 @@ macro_rules! chat_store {
                 presence: &'a $crate::chat::StoredPresence,
             ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     sqlx::query(concat!(
                         "INSERT INTO herald_presence (user_id, status, custom_status, last_seen, updated_at) ",
                         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, ",
@@ -1024,7 +1033,7 @@ macro_rules! chat_store {
                     .bind(&presence.custom_status)
                     .bind(presence.last_seen)
                     .bind(presence.updated_at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(())
                 })
@@ -1038,8 +1047,8 @@ macro_rules! chat_store {
                     if seen.is_empty() {
                         return Ok(());
                     }
-                    let _turn = self.write_turn().await;
-                    let mut tx = self.pool.begin().await?;
+                    let mut turn = self.write_turn().await?;
+                    let mut tx = sqlx::Connection::begin(&mut *turn).await?;
                     for (user, at) in seen {
                         sqlx::query(concat!(
                             "INSERT INTO herald_presence (user_id, status, custom_status, last_seen, updated_at) ",

@@ -194,7 +194,7 @@ macro_rules! outbox_store {
                 event: $crate::outbox::NewOutboxEvent,
             ) -> $crate::BoxFuture<'_, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let done = sqlx::query(concat!(
                         "INSERT INTO herald_outbox (event_id, recipient, type, data, created_at, next_attempt_at) ",
                         "VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (event_id) DO NOTHING"
@@ -204,7 +204,7 @@ macro_rules! outbox_store {
                     .bind(&event.kind)
                     .bind(&event.data)
                     .bind(event.created_at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(done.rows_affected() == 1)
                 })
@@ -217,7 +217,7 @@ macro_rules! outbox_store {
                 lease_until: i64,
             ) -> $crate::BoxFuture<'_, Result<Vec<$crate::outbox::OutboxEvent>, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let rows = sqlx::query(concat!(
                         "UPDATE herald_outbox SET attempts = attempts + 1, next_attempt_at = $3 WHERE id IN (",
                         "SELECT id FROM herald_outbox WHERE processed_at IS NULL AND dead_at IS NULL ",
@@ -229,7 +229,7 @@ macro_rules! outbox_store {
                     .bind(now)
                     .bind(i64::from(limit))
                     .bind(lease_until)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *turn)
                     .await?;
                     let mut events =
                         rows.iter().map($crate::outbox::decode_event).collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -243,7 +243,7 @@ macro_rules! outbox_store {
                     if ids.is_empty() {
                         return Ok(());
                     }
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let list: Vec<String> = ids.iter().map(i64::to_string).collect();
                     // Ids are integers formatted here, never input text.
                     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -251,7 +251,7 @@ macro_rules! outbox_store {
                         list.join(",")
                     )))
                     .bind(at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(())
                 })
@@ -265,7 +265,7 @@ macro_rules! outbox_store {
                 at: i64,
             ) -> $crate::BoxFuture<'a, Result<(), $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let (retry_at, dead_at) = match then {
                         $crate::outbox::Failure::RetryAt(when) => (Some(when), None),
                         $crate::outbox::Failure::Dead => (None, Some(at)),
@@ -279,7 +279,7 @@ macro_rules! outbox_store {
                     .bind(error)
                     .bind(retry_at)
                     .bind(dead_at)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(())
                 })
@@ -321,14 +321,14 @@ macro_rules! outbox_store {
 
             fn retry<'a>(&'a self, event_id: &'a str, now: i64) -> $crate::BoxFuture<'a, Result<bool, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let done = sqlx::query(concat!(
                         "UPDATE herald_outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $2 ",
                         "WHERE event_id = $1 AND dead_at IS NOT NULL"
                     ))
                     .bind(event_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(done.rows_affected() == 1)
                 })
@@ -349,14 +349,14 @@ macro_rules! outbox_store {
 
             fn purge_processed(&self, before: i64, limit: u32) -> $crate::BoxFuture<'_, Result<u64, $crate::StoreError>> {
                 Box::pin(async move {
-                    let _turn = self.write_turn().await;
+                    let mut turn = self.write_turn().await?;
                     let done = sqlx::query(concat!(
                         "DELETE FROM herald_outbox WHERE id IN (SELECT id FROM herald_outbox ",
                         "WHERE processed_at IS NOT NULL AND processed_at < $1 LIMIT $2)"
                     ))
                     .bind(before)
                     .bind(i64::from(limit))
-                    .execute(&self.pool)
+                    .execute(&mut *turn)
                     .await?;
                     Ok(done.rows_affected())
                 })

@@ -75,8 +75,11 @@ fn valid_schema(schema: &str) -> bool {
 }
 
 impl PostgresStore {
-    /// PostgreSQL lets writers wait for each other's row locks itself: no turn to take.
-    async fn write_turn(&self) {}
+    /// A connection to write on. PostgreSQL lets writers wait for each other's row locks
+    /// itself, so any pooled connection will do.
+    async fn write_turn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+        self.pool.acquire().await
+    }
 
     /// `LISTEN herald_outbox` on a connection of its own.
     async fn outbox_listener(&self) -> Result<Option<crate::outbox::OutboxListener>, StoreError> {
