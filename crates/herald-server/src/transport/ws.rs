@@ -455,10 +455,14 @@ enum Wake {
 async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End {
     let Link { session, queue, dialect, through, limiter, .. } = link;
     let (dialect, through) = (*dialect, *through);
-    let mut heartbeat = tokio::time::interval(state.settings.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.reset();
+    let every = state.settings.heartbeat_interval;
+    let mut heartbeat = Box::pin(tokio::time::sleep(every));
     let mut shutdown = pin!(state.shutdown.cancelled());
+    // The timer and the shutdown wait are polled once each to register this task's
+    // waker (the same at every poll of a task), which they wake when they fire; after
+    // that a clock read and a flag tell whether they have, at a fraction of a poll's cost
+    // on every wake.
+    let (mut heartbeat_armed, mut shutdown_armed) = (false, false);
     let mut awaiting_pong = false;
     // A delivery taken from the mailbox in a round that then served the socket first.
     let mut taken: Option<Arc<Delivery>> = None;
@@ -483,7 +487,13 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
             if let Poll::Ready(reason) = closed {
                 return Poll::Ready(Wake::Closed(reason));
             }
-            if shutdown.as_mut().poll(cx).is_ready() {
+            let shutting_down = if shutdown_armed {
+                state.shutdown.is_cancelled()
+            } else {
+                shutdown_armed = true;
+                shutdown.as_mut().poll(cx).is_ready()
+            };
+            if shutting_down {
                 return Poll::Ready(Wake::Shutdown);
             }
             if let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
@@ -492,7 +502,13 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
             if let Some(delivery) = taken.take() {
                 return Poll::Ready(Wake::Deliver(delivery));
             }
-            heartbeat.poll_tick(cx).map(|_| Wake::Heartbeat)
+            let due = if heartbeat_armed {
+                tokio::time::Instant::now() >= heartbeat.deadline()
+            } else {
+                heartbeat_armed = true;
+                heartbeat.as_mut().poll(cx).is_ready()
+            };
+            if due { Poll::Ready(Wake::Heartbeat) } else { Poll::Pending }
         })
         .await;
         match wake {
@@ -542,6 +558,8 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
                 Err(Halt::Gone) => return End::Gone,
             },
             Wake::Heartbeat => {
+                heartbeat.as_mut().reset(tokio::time::Instant::now() + every);
+                heartbeat_armed = false;
                 if awaiting_pong {
                     metrics::counter!(m::SESSIONS_CLOSED, "reason" => CloseReason::HeartbeatTimeout.as_str())
                         .increment(1);
