@@ -211,7 +211,7 @@ async fn page(state: &AppState, principal: &Principal, topic: &Topic, params: &P
     let next = (messages.len() as u32 >= limit.clamp(1, herald_store::chat::MAX_MESSAGE_PAGE))
         .then(|| messages.last().map(|m| m.id.to_string()))
         .flatten();
-    let data: Vec<Value> = messages.iter().map(wire::message).collect();
+    let data: Vec<wire::MessageJson> = messages.iter().map(wire::message).collect();
     Ok(json!({"success": true, "data": data, "nextCursor": next}))
 }
 

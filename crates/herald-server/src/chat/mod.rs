@@ -206,7 +206,7 @@ async fn publish(
     state: &AppState,
     topic: Topic,
     name: &'static str,
-    data: Value,
+    data: impl serde::Serialize,
     sender: &UserId,
 ) -> Result<Position, Failure> {
     let event = Event::from_value(name, &data).map_err(|error| (ErrorCode::Internal, error.to_string()))?;
