@@ -393,18 +393,28 @@ pub(crate) fn step_rule(step: CallStep) -> (&'static str, &'static str, &'static
     }
 }
 
+/// `FROM` and `WHERE` of a query for message `$1`, not deleted, in a conversation user
+/// `$2` is a member of (aliased `m`).
+macro_rules! live_message_of_member {
+    () => {
+        concat!(
+            " FROM herald_messages m WHERE m.id = $1 AND m.deleted_at IS NULL AND EXISTS ",
+            "(SELECT 1 FROM herald_members b WHERE b.topic = m.topic AND b.user_id = $2)"
+        )
+    };
+}
+pub(crate) use live_message_of_member;
+
 /// Why a change to message `id` by `user` matched no row: it is not there for them, or
 /// it is someone else's.
 macro_rules! why_unchanged {
     ($pool:expr, $user:expr, $id:expr) => {{
-        let author: Option<String> = sqlx::query_scalar(concat!(
-            "SELECT m.author_id FROM herald_messages m WHERE m.id = $1 AND m.deleted_at IS NULL AND EXISTS ",
-            "(SELECT 1 FROM herald_members b WHERE b.topic = m.topic AND b.user_id = $2)"
-        ))
-        .bind($id)
-        .bind($user)
-        .fetch_optional($pool)
-        .await?;
+        let author: Option<String> =
+            sqlx::query_scalar(concat!("SELECT m.author_id", $crate::chat::live_message_of_member!()))
+                .bind($id)
+                .bind($user)
+                .fetch_optional($pool)
+                .await?;
         match author {
             Some(_) => ChatError::NotAuthor,
             None => ChatError::NotFound,
@@ -790,15 +800,13 @@ macro_rules! chat_store {
                 Box::pin(async move {
                     let mut turn = self.write_turn().await?;
                     // Read on the writer, so that no delete comes between the check and the write.
-                    let topic: String = sqlx::query_scalar(concat!(
-                        "SELECT m.topic FROM herald_messages m WHERE m.id = $1 AND m.deleted_at IS NULL AND EXISTS ",
-                        "(SELECT 1 FROM herald_members b WHERE b.topic = m.topic AND b.user_id = $2)"
-                    ))
-                    .bind(id)
-                    .bind(user)
-                    .fetch_optional(&mut *turn)
-                    .await?
-                    .ok_or($crate::chat::ChatError::NotFound)?;
+                    let topic: String =
+                        sqlx::query_scalar(concat!("SELECT m.topic", $crate::chat::live_message_of_member!()))
+                            .bind(id)
+                            .bind(user)
+                            .fetch_optional(&mut *turn)
+                            .await?
+                            .ok_or($crate::chat::ChatError::NotFound)?;
                     let changed = if add {
                         sqlx::query(concat!(
                             "INSERT INTO herald_reactions (message_id, user_id, emoji, created_at) VALUES ($1, $2, $3, $4) ",

@@ -116,7 +116,8 @@ impl SqliteStore {
         Ok(None)
     }
 
-    /// This store's turn to write (see `writer`).
+    /// This store's turn to write (see `writer`). In memory the writer is the only
+    /// connection, so a turn must not wait on `pool` for a read: it reads on the turn.
     async fn write_turn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, sqlx::Error> {
         self.writer.acquire().await
     }

@@ -9,11 +9,34 @@ use serde_json::{Value, json};
 
 pub use crate::inbox::json::timestamp;
 
+/// The conversation's id field (`roomId`, `groupId` or `chatId`, after the topic's kind)
+/// and the id in it.
+fn conversation_id(topic: &str) -> Option<(&'static str, String)> {
+    let topic = herald_core::Topic::parse(topic).ok()?;
+    Some((super::id_field(&topic), topic.id().to_owned()))
+}
+
 fn conversation_fields(data: &mut Value, topic: &str) {
-    if let Ok(topic) = herald_core::Topic::parse(topic) {
-        data[super::id_field(&topic)] = Value::from(topic.id());
+    if let Some((field, id)) = conversation_id(topic) {
+        data[field] = Value::from(id);
     }
     data["topic"] = Value::from(topic);
+}
+
+/// [`conversation_fields`] for a serialised struct: `{<id field>: id, topic}`, flattened.
+#[derive(Debug)]
+struct Conversation<'a>(&'a str);
+
+impl serde::Serialize for Conversation<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some((field, id)) = conversation_id(self.0) {
+            map.serialize_entry(field, &id)?;
+        }
+        map.serialize_entry("topic", self.0)?;
+        map.end()
+    }
 }
 
 /// `message:new` (`CHAT_MESSAGE`), and a message in history pages: serialised straight
@@ -40,26 +63,11 @@ pub struct MessageJson<'a> {
     is_deleted: bool,
     created_at: String,
     edited_at: Option<String>,
-    /// One of the three, after the topic's kind (see [`super::id_field`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    room_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    chat_id: Option<String>,
-    topic: &'a str,
+    #[serde(flatten)]
+    conversation: Conversation<'a>,
 }
 
 pub fn message(message: &Message) -> MessageJson<'_> {
-    let (mut room_id, mut group_id, mut chat_id) = (None, None, None);
-    if let Ok(topic) = herald_core::Topic::parse(&message.topic) {
-        let slot = match super::id_field(&topic) {
-            "roomId" => &mut room_id,
-            "groupId" => &mut group_id,
-            _ => &mut chat_id,
-        };
-        *slot = Some(topic.id().to_owned());
-    }
     MessageJson {
         id: message.id.to_string(),
         message_id: message.id.to_string(),
@@ -78,10 +86,7 @@ pub fn message(message: &Message) -> MessageJson<'_> {
         is_deleted: message.deleted_at.is_some(),
         created_at: timestamp(message.created_at),
         edited_at: message.edited_at.map(timestamp),
-        room_id,
-        group_id,
-        chat_id,
-        topic: &message.topic,
+        conversation: Conversation(&message.topic),
     }
 }
 

@@ -355,7 +355,7 @@ fn send_batch<'a>(
         let mut fed = 0;
         while let Some(delivery) = next.take() {
             poll_fn(|cx| unless_closed(socket.poll_ready_unpin(cx), queue, cx)).await?;
-            socket.start_send_unpin(Message::Text(wire::ws_encoded(&delivery, dialect))).map_err(|_| Halt::Gone)?;
+            socket.start_send_unpin(delivery_frame(&delivery, dialect)).map_err(|_| Halt::Gone)?;
             fed += 1;
             if fed < MAX_BATCH {
                 next = queue.try_recv();
@@ -363,6 +363,11 @@ fn send_batch<'a>(
         }
         poll_fn(|cx| unless_closed(socket.poll_flush_unpin(cx), queue, cx)).await
     }
+}
+
+/// A delivery's frame in the session's dialect (encoded once per delivery and dialect).
+fn delivery_frame(delivery: &Delivery, dialect: Dialect) -> Message {
+    Message::Text(wire::ws_encoded(delivery, dialect))
 }
 
 /// A write's progress, unless it is stuck and the hub has closed the session meanwhile.
@@ -419,7 +424,7 @@ async fn finish(
             // Shutdown: flush what is already queued, then say goodbye.
             let drain = async {
                 while let Some(next) = queue.try_recv() {
-                    socket.feed(Message::Text(wire::ws_encoded(&next, dialect))).await?;
+                    socket.feed(delivery_frame(&next, dialect)).await?;
                 }
                 socket.flush().await
             };
@@ -516,7 +521,7 @@ async fn drive(socket: &mut WebSocket, state: &AppState, link: &mut Link) -> End
             Wake::Shutdown => {
                 // The drain sends what is still queued; a delivery already taken goes first.
                 if let Some(delivery) = taken.take()
-                    && socket.feed(Message::Text(wire::ws_encoded(&delivery, dialect))).await.is_err()
+                    && socket.feed(delivery_frame(&delivery, dialect)).await.is_err()
                 {
                     return End::Gone;
                 }
