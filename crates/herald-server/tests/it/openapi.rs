@@ -87,7 +87,10 @@ async fn schemathesis(gateway: &TestGateway, authorization: &str) -> (bool, Stri
             .env("PYTHONPATH", &tools)
             .args(["run", &gateway.http_url("/api/openapi.json")])
             .args(["--header", &format!("Authorization: Bearer {authorization}")])
-            .args(["--checks", "not_a_server_error", "--max-examples", "15", "--workers", "2"])
+            // One worker: with two threads, CPython 3.11 before 3.11.8 can fail hypothesis's
+            // own source parsing with "AST constructor recursion depth mismatch" (a race in
+            // the interpreter's AST state, python/cpython#106905), which reads as a test error.
+            .args(["--checks", "not_a_server_error", "--max-examples", "15", "--workers", "1"])
             .args(["--seed", &seed, "--suppress-health-check", "all", "--no-shrink"])
             .kill_on_drop(true)
             .output(),
