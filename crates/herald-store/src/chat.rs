@@ -69,6 +69,29 @@ pub struct NewMessage {
     pub created_at: i64,
 }
 
+impl NewMessage {
+    /// The message as stored under `id`, never edited or deleted.
+    pub(crate) fn stored_as(self, id: i64) -> Message {
+        Message {
+            id,
+            topic: self.topic,
+            author_id: self.author_id,
+            author_name: self.author_name,
+            author_image: self.author_image,
+            content: self.content,
+            kind: self.kind,
+            encrypted: self.encrypted,
+            reply_to: self.reply_to,
+            forwarded_from: self.forwarded_from,
+            temp_id: self.temp_id,
+            metadata: self.metadata,
+            created_at: self.created_at,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+}
+
 /// A stored message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -426,6 +449,79 @@ pub(crate) use why_unchanged;
 /// `ChatStore` for a store type with a `pool` field, in the SQL both backends share.
 macro_rules! chat_store {
     ($store:ty) => {
+        impl $store {
+            /// Stores one message in one statement: the membership and reference checks
+            /// and the insert.
+            async fn post_single(
+                &self,
+                new: $crate::chat::NewMessage,
+            ) -> Result<$crate::chat::Posted, $crate::chat::ChatError> {
+                use $crate::chat::{Posted, decode_message, message_columns};
+                let mut turn = self.write_turn().await?;
+                let row = sqlx::query(concat!(
+                    "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
+                    "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
+                    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 ",
+                    "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = $1 AND user_id = $2) ",
+                    "AND (CAST($8 AS BIGINT) IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
+                    "WHERE r.id = $8 AND r.topic = $1 AND r.deleted_at IS NULL)) ",
+                    "AND (CAST($9 AS BIGINT) IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
+                    "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = $2 ",
+                    "WHERE f.id = $9 AND f.deleted_at IS NULL)) ",
+                    "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING RETURNING ",
+                    message_columns!()
+                ))
+                .bind(&new.topic)
+                .bind(&new.author_id)
+                .bind(&new.author_name)
+                .bind(&new.author_image)
+                .bind(&new.content)
+                .bind(&new.kind)
+                .bind(i64::from(new.encrypted))
+                .bind(new.reply_to)
+                .bind(new.forwarded_from)
+                .bind(&new.temp_id)
+                .bind(&new.metadata)
+                .bind(new.created_at)
+                .fetch_optional(&mut *turn)
+                .await?;
+                // Nothing written: why is read on a reader, leaving the writer to others.
+                drop(turn);
+                match row {
+                    Some(row) => Ok(Posted { message: decode_message(&row)?, new: true }),
+                    None => self.why_not_posted(&new).await,
+                }
+            }
+
+            /// What posting `new` answers when the insert wrote nothing: the message the
+            /// author already sent with this `temp_id`, or why it was refused. Reads on
+            /// the readers, so it must not be called during a write turn.
+            async fn why_not_posted(
+                &self,
+                new: &$crate::chat::NewMessage,
+            ) -> Result<$crate::chat::Posted, $crate::chat::ChatError> {
+                use $crate::chat::{ChatError, ChatStore, Posted, decode_message, message_columns};
+                if let Some(temp_id) = &new.temp_id {
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM herald_messages WHERE author_id = $1 AND temp_id = $2"
+                    ))
+                    .bind(&new.author_id)
+                    .bind(temp_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    if let Some(row) = row {
+                        return Ok(Posted { message: decode_message(&row)?, new: false });
+                    }
+                }
+                if !self.is_member(&new.topic, &new.author_id).await? {
+                    return Err(ChatError::NotMember);
+                }
+                Err(ChatError::NotFound)
+            }
+        }
+
         impl $crate::chat::ChatStore for $store {
             fn upsert_conversation<'a>(
                 &'a self,
@@ -564,61 +660,9 @@ macro_rules! chat_store {
                 &self,
                 new: $crate::chat::NewMessage,
             ) -> $crate::BoxFuture<'_, Result<$crate::chat::Posted, $crate::chat::ChatError>> {
-                use $crate::chat::{ChatError, Posted, decode_message, message_columns};
-                Box::pin(async move {
-                    let mut turn = self.write_turn().await?;
-                    // One statement: the membership and reference checks and the insert.
-                    let row = sqlx::query(concat!(
-                        "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
-                        "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
-                        "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 ",
-                        "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = $1 AND user_id = $2) ",
-                        "AND (CAST($8 AS BIGINT) IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
-                        "WHERE r.id = $8 AND r.topic = $1 AND r.deleted_at IS NULL)) ",
-                        "AND (CAST($9 AS BIGINT) IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
-                        "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = $2 ",
-                        "WHERE f.id = $9 AND f.deleted_at IS NULL)) ",
-                        "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING RETURNING ",
-                        message_columns!()
-                    ))
-                    .bind(&new.topic)
-                    .bind(&new.author_id)
-                    .bind(&new.author_name)
-                    .bind(&new.author_image)
-                    .bind(&new.content)
-                    .bind(&new.kind)
-                    .bind(i64::from(new.encrypted))
-                    .bind(new.reply_to)
-                    .bind(new.forwarded_from)
-                    .bind(&new.temp_id)
-                    .bind(&new.metadata)
-                    .bind(new.created_at)
-                    .fetch_optional(&mut *turn)
-                    .await?;
-                    if let Some(row) = row {
-                        return Ok(Posted { message: decode_message(&row)?, new: true });
-                    }
-                    // Nothing written: why is read on a reader, leaving the writer to others.
-                    drop(turn);
-                    if let Some(temp_id) = &new.temp_id {
-                        let row = sqlx::query(concat!(
-                            "SELECT ",
-                            message_columns!(),
-                            " FROM herald_messages WHERE author_id = $1 AND temp_id = $2"
-                        ))
-                        .bind(&new.author_id)
-                        .bind(temp_id)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                        if let Some(row) = row {
-                            return Ok(Posted { message: decode_message(&row)?, new: false });
-                        }
-                    }
-                    if !self.is_member(&new.topic, &new.author_id).await? {
-                        return Err(ChatError::NotMember);
-                    }
-                    Err(ChatError::NotFound)
-                })
+                // Each backend decides how a message reaches `post_single` (SQLite: in a
+                // batch with others posted at the same moment).
+                Box::pin(self.post(new))
             }
 
             fn message<'a>(

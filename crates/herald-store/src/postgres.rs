@@ -81,6 +81,12 @@ impl PostgresStore {
         self.pool.acquire().await
     }
 
+    /// Posts a message in a statement of its own: PostgreSQL takes each on any pooled
+    /// connection, so concurrent posts already run side by side.
+    async fn post(&self, new: crate::chat::NewMessage) -> Result<crate::chat::Posted, crate::chat::ChatError> {
+        self.post_single(new).await
+    }
+
     /// `LISTEN herald_outbox` on a connection of its own.
     async fn outbox_listener(&self) -> Result<Option<crate::outbox::OutboxListener>, StoreError> {
         crate::outbox::OutboxListener::connect(&self.pool).await.map(Some)

@@ -47,6 +47,65 @@ pub async fn members_are_added_and_removed_once(store: &dyn Store) {
     chat.upsert_conversation(ROOM, Some("General"), 40).await.unwrap();
 }
 
+/// A burst of posts (on SQLite written together in one statement): each is answered
+/// with its own message or its own refusal, and what is stored is what each was told.
+pub async fn messages_posted_at_once_are_each_answered_for_themselves(store: &dyn Store) {
+    let chat = store.chat();
+    room_with(store, &["alice", "bob"]).await;
+    let earlier = chat.post_message(message(ROOM, "alice", "earlier", 1)).await.unwrap().message;
+    let mut resent = message(ROOM, "bob", "sent before", 2);
+    resent.temp_id = Some("t-old".into());
+    let before = chat.post_message(resent.clone()).await.unwrap().message;
+
+    let burst: Vec<NewMessage> = (0..48)
+        .map(|i| {
+            let mut new = message(ROOM, if i % 2 == 0 { "alice" } else { "bob" }, &format!("m{i}"), 10 + i);
+            match i % 8 {
+                0 => new.author_id = "mallory".into(),
+                1 => new.reply_to = Some(earlier.id),
+                2 => new.reply_to = Some(earlier.id + 1_000_000),
+                3 => new = resent.clone(),
+                4 => new.temp_id = Some("t-burst".into()),
+                5 => new.topic = "room:elsewhere".into(),
+                _ => {}
+            }
+            new
+        })
+        .collect();
+    let results = futures_util::future::join_all(burst.iter().map(|new| chat.post_message(new.clone()))).await;
+
+    let mut ids = std::collections::HashSet::new();
+    let mut burst_temp = Vec::new();
+    for (i, (new, result)) in burst.iter().zip(results).enumerate() {
+        match i % 8 {
+            0 | 5 => assert!(matches!(result, Err(ChatError::NotMember)), "{i}: {result:?}"),
+            2 => assert!(matches!(result, Err(ChatError::NotFound)), "{i}: {result:?}"),
+            3 => {
+                let posted = result.unwrap();
+                assert!(!posted.new, "{i}: a resent temp id is not stored again");
+                assert_eq!(posted.message, before);
+            }
+            4 => burst_temp.push(result.unwrap()),
+            _ => {
+                let posted = result.unwrap();
+                assert!(posted.new, "{i}");
+                assert_eq!(posted.message.content, new.content, "{i}: answered with its own message");
+                assert_eq!(posted.message.author_id, new.author_id);
+                assert_eq!(posted.message.reply_to, new.reply_to);
+                assert_eq!(chat.message("alice", posted.message.id).await.unwrap(), posted.message, "{i}: stored as told");
+                assert!(ids.insert(posted.message.id), "{i}: ids are not shared");
+            }
+        }
+    }
+    // One temp id sent six times at once: stored once, every post told the same message.
+    assert_eq!(burst_temp.iter().filter(|posted| posted.new).count(), 1);
+    let stored = chat.message("alice", burst_temp[0].message.id).await.unwrap();
+    assert!(burst_temp.iter().all(|posted| posted.message == stored));
+    assert!(ids.insert(stored.id));
+    let history = chat.messages("alice", ROOM, None, 200).await.unwrap();
+    assert_eq!(history.len(), ids.len() + 2, "nothing refused was stored");
+}
+
 pub async fn only_members_post_and_temp_ids_make_posting_idempotent(store: &dyn Store) {
     let chat = store.chat();
     room_with(store, &["alice"]).await;

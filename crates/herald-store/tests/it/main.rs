@@ -85,6 +85,7 @@ conformance!(
     answers_ping_and_max_id,
     members_are_added_and_removed_once,
     only_members_post_and_temp_ids_make_posting_idempotent,
+    messages_posted_at_once_are_each_answered_for_themselves,
     replies_and_forwards_must_be_visible_to_the_author,
     only_the_author_edits_or_deletes,
     history_pages_newest_first_without_deleted_or_blocked,
