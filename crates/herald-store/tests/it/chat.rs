@@ -92,7 +92,11 @@ pub async fn messages_posted_at_once_are_each_answered_for_themselves(store: &dy
                 assert_eq!(posted.message.content, new.content, "{i}: answered with its own message");
                 assert_eq!(posted.message.author_id, new.author_id);
                 assert_eq!(posted.message.reply_to, new.reply_to);
-                assert_eq!(chat.message("alice", posted.message.id).await.unwrap(), posted.message, "{i}: stored as told");
+                assert_eq!(
+                    chat.message("alice", posted.message.id).await.unwrap(),
+                    posted.message,
+                    "{i}: stored as told"
+                );
                 assert!(ids.insert(posted.message.id), "{i}: ids are not shared");
             }
         }
