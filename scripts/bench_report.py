@@ -78,6 +78,8 @@ def aggregate(group):
     for key in ("deliveries_per_second", "server_cpu_us_per_delivery", "loadgen_cpu_us_per_delivery"):
         row[key] = median([run[key] for run in good])
     row["latency"] = {key: median([run["latency"][key] for run in good]) for key in good[0]["latency"]}
+    if all("typing_latency" in run for run in good):
+        row["typing_latency"] = {key: median([run["typing_latency"][key] for run in good]) for key in good[0]["typing_latency"]}
     row["cpu"] = dict(good[0]["cpu"], machine_busy=median([run["cpu"]["machine_busy"] for run in good]))
     cpus = [run["server_cpu_us_per_delivery"] for run in good]
     row["cpu_spread"] = (min(cpus), max(cpus))
@@ -245,9 +247,10 @@ if chat_args:
     out("Latency is from the sender writing `message:new` to each member receiving it; a typing indicator is one more delivery to every member, not counted in the latency or the per-delivery figures' denominator.")
     out("The floor runs the same scenario with none of Herald's work: it joins, numbers and broadcasts (one serialisation per message, the fields of Herald's message), with no store, membership, blocking, rate limits or heartbeats; what it reaches is what this machine allows with the load generator on the same two cores.")
     out("Several sizes in one run show where the machine saturates; ×floor compares Herald with the floor at the same size, in the same rounds.")
+    out("Typing p99 is the typing indicators' latency (from the sender writing `message:typing` to each member receiving it): the path of a message without the store, so the difference between the two p99s is what storing a message adds to its tail.")
     out("")
-    out("| arguments | target | delivered / expected | duplicates | refused | messages/s | p50 ms | p99 ms | p99 ×floor | p99.9 ms | max ms | server µs/delivery | ×floor | loadgen µs/delivery | machine busy |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("| arguments | target | delivered / expected | duplicates | refused | messages/s | p50 ms | p99 ms | p99 ×floor | p99.9 ms | max ms | typing p99 ms | server µs/delivery | ×floor | loadgen µs/delivery | machine busy |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for args in chat_args:
         floor = find("chat", args, "floor")
         floor = floor if floor and "error" not in floor else None
@@ -257,14 +260,15 @@ if chat_args:
             if run is None:
                 continue
             if "error" in run:
-                out(f"| `{args}` | {label} | error: {run['error']} | | | | | | | | | | | | |")
+                out(f"| `{args}` | {label} | error: {run['error']} | | | | | | | | | | | | | |")
                 problems.append(f"{label} chat {args}: {run['error']}")
                 continue
             lat = run["latency"]
             messages_per_second = median([r["messages_per_second"] for r in runs if r.get("scenario") == "chat" and r.get("args") == args and r.get("label") == label and "error" not in r])
             p99_ratio = ratio(lat["p99_us"], floor["latency"]["p99_us"]) if floor and label != "floor" else ""
+            typing_p99 = f"{run['typing_latency']['p99_us'] / 1000:.2f}" if "typing_latency" in run else "n/a"
             cpu_ratio = ratio(run["server_cpu_us_per_delivery"], floor["server_cpu_us_per_delivery"]) if floor and label != "floor" else ""
-            out(f"| `{args}` | {label} | {run['delivered']} / {run['expected']} | {run['duplicates']} | {run['refused']} | {messages_per_second:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {p99_ratio} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {run['server_cpu_us_per_delivery']:.1f} | {cpu_ratio} | {run['loadgen_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
+            out(f"| `{args}` | {label} | {run['delivered']} / {run['expected']} | {run['duplicates']} | {run['refused']} | {messages_per_second:.0f} | {lat['p50_us'] / 1000:.2f} | {lat['p99_us'] / 1000:.2f} | {p99_ratio} | {lat['p999_us'] / 1000:.2f} | {lat['max_us'] / 1000:.1f} | {typing_p99} | {run['server_cpu_us_per_delivery']:.1f} | {cpu_ratio} | {run['loadgen_cpu_us_per_delivery']:.1f} | {run['cpu']['machine_busy'] * 100:.0f}% |")
             if label == "herald-ws":
                 chat_rows.append((args, run))
             if run["lost"] or run["duplicates"] or run["refused"]:

@@ -2,7 +2,8 @@
 //! (`chat:join`), then every interval says it is typing and, a moment later, sends a
 //! message (`message:new`) stamped with its send time in `metadata.t`. Every member of the
 //! room (the sender's own connection included) records the message's latency when its
-//! `message:new` arrives.
+//! `message:new` arrives; typing indicators' latency is recorded apart, from the time
+//! their sender wrote them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,11 +31,24 @@ pub struct Plan {
     pub refused: AtomicU64,
     /// Messages a connection received more than once (by message id).
     pub duplicates: AtomicU64,
+    /// When each user (by number) last sent its typing indicator, in [`now_nanos`]: the
+    /// indicator carries no stamp of its own, and a user's next one is an interval away.
+    pub typing_stamps: Vec<AtomicU64>,
+    /// Typing indicators' latency: the same path as a message's without the store, so
+    /// that the two together show which part of a message's latency is the store's.
+    pub typing: Recorder,
 }
 
 /// The `"messageId":"N"` of a frame.
 fn message_id(frame: &str) -> Option<u64> {
     let start = frame.find(r#""messageId":""#)? + r#""messageId":""#.len();
+    let digits = frame[start..].split('"').next()?;
+    digits.parse().ok()
+}
+
+/// The user number of a typing indicator's `"userId":"userN"`.
+fn typing_user(frame: &str) -> Option<usize> {
+    let start = frame.find(r#""userId":"user"#)? + r#""userId":"user"#.len();
     let digits = frame[start..].split('"').next()?;
     digits.parse().ok()
 }
@@ -113,6 +127,9 @@ pub async fn join(
                     let frame = if next_typing.is_some_and(|typing| typing <= next_message) {
                         next_typing = None;
                         plan.typing_sent.fetch_add(1, Ordering::Relaxed);
+                        if let Some(stamp) = plan.typing_stamps.get(shard) {
+                            stamp.store(now_nanos(), Ordering::Relaxed);
+                        }
                         format!(r#"{{"type":"message:typing","payload":{{"roomId":"{room}"}}}}"#)
                     } else {
                         next_message += plan.interval;
@@ -137,6 +154,11 @@ pub async fn join(
                             } else if let Some(stamp) = stamp_of(&text) {
                                 recorder.record(shard, stamp);
                             }
+                        } else if text.starts_with(r#"{"type":"message:typing""#) {
+                            let stamp = typing_user(&text).and_then(|user| plan.typing_stamps.get(user));
+                            if let Some(stamp) = stamp.map(|stamp| stamp.load(Ordering::Relaxed)).filter(|&t| t > 0) {
+                                plan.typing.record(shard, stamp);
+                            }
                         } else if text.starts_with(r#"{"type":"ack""#) && !text.contains(r#""success":true"#)
                             || text.starts_with(r#"{"type":"error""#)
                         {
@@ -154,4 +176,19 @@ pub async fn join(
         }
     });
     Ok(Member { connect_time, stop: Some(stop), done })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{message_id, typing_user};
+
+    #[test]
+    fn reads_ids_from_frames() {
+        let message = r#"{"type":"message:new","payload":{"id":"17","messageId":"17","metadata":{"t":5}}}"#;
+        assert_eq!(message_id(message), Some(17));
+        let typing = r#"{"type":"message:typing","payload":{"isTyping":true,"roomId":"bench3","userId":"user152"}}"#;
+        assert_eq!(typing_user(typing), Some(152));
+        assert_eq!(typing_user(r#"{"type":"message:typing","payload":{"userId":"alice"}}"#), None);
+        assert_eq!(message_id(typing), None);
+    }
 }

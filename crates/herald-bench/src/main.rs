@@ -633,6 +633,8 @@ async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
         typing_sent: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
+        typing_stamps: (0..args.users).map(|_| AtomicU64::new(0)).collect(),
+        typing: Recorder::default(),
     });
     let connect_interval = Duration::from_secs_f64(1.0 / f64::from(args.common.connect_rate.max(1)));
     let mut ticker = tokio::time::interval(connect_interval);
@@ -675,6 +677,7 @@ async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(failures.is_empty(), "connections failed: {failures:?}");
     tokio::time::sleep(start_at.saturating_duration_since(Instant::now())).await;
     recorder.reset();
+    plan.typing.reset();
     let window = env.cpu_window();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     // Stop sending, then let the last messages arrive.
@@ -715,6 +718,8 @@ async fn scenario_chat(args: ChatArgs) -> anyhow::Result<Value> {
         "messages_per_second": sent as f64 / cpu.wall_seconds.max(1e-9),
         "deliveries_per_second": delivered as f64 / cpu.wall_seconds.max(1e-9),
         "latency": recorder.latency(),
+        "typing_delivered": plan.typing.delivered(),
+        "typing_latency": plan.typing.latency(),
         "server_cpu_us_per_delivery": cpu.server_cpu_seconds * 1e6 / (delivered.max(1) as f64),
         "loadgen_cpu_us_per_delivery": cpu.loadgen_cpu_seconds * 1e6 / (delivered.max(1) as f64),
         "connect": connect_times(&connect_us),

@@ -40,6 +40,9 @@ pub const PUBLISHES: &str = "herald_publishes_total";
 pub const UNIQUE_USERS: &str = "herald_unique_users";
 /// Gauge: topics with at least one local subscriber (updated when `/metrics` is scraped).
 pub const TOPICS_ACTIVE: &str = "herald_topics_active";
+/// Histogram: seconds a conversation message took to be stored (waiting for the store's
+/// poster, the write and its commit), before it is published.
+pub const CHAT_STORE_SECONDS: &str = "herald_chat_store_seconds";
 /// Counter: notifications the inbox stored (duplicates by dedupe key not counted).
 pub const INBOX_CREATED: &str = "herald_inbox_notifications_created_total";
 /// Histogram: seconds one inbox write transaction (a batch of creations) took.
@@ -105,6 +108,11 @@ pub const ALL: &[(&str, Kind, &str)] = &[
     (PUBLISHES, Kind::Counter, "Publishes accepted by the HTTP API."),
     (UNIQUE_USERS, Kind::Gauge, "Distinct users connected to this node."),
     (TOPICS_ACTIVE, Kind::Gauge, "Topics with at least one local subscriber."),
+    (
+        CHAT_STORE_SECONDS,
+        Kind::Histogram,
+        "Seconds a conversation message took to be stored (queue, write, commit) before it was published.",
+    ),
     (INBOX_CREATED, Kind::Counter, "Notifications the inbox stored (dedupe-key repeats not counted)."),
     (INBOX_WRITE_SECONDS, Kind::Histogram, "Seconds one inbox write transaction (a batch of creations) took."),
     (

@@ -315,7 +315,9 @@ pub async fn post(state: &AppState, principal: &Principal, request: PostRequest)
         metadata: request.metadata,
         created_at: now_ms(),
     };
+    let started = Instant::now();
     let posted = store(state).post_message(new).await.map_err(chat_error)?;
+    metrics::histogram!(m::CHAT_STORE_SECONDS).record(started.elapsed().as_secs_f64());
     state.chat.stop_typing(&request.topic, &principal.user_id);
     publish(state, request.topic, "message:new", json::message(&posted.message), &principal.user_id).await?;
     Ok(posted.message)
