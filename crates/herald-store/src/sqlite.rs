@@ -34,6 +34,10 @@ const POST_QUEUE: usize = 1024;
 /// The most messages the poster writes in one statement.
 const MAX_POST_BATCH: usize = 128;
 
+/// A row the poster's batch insert wrote: id, topic, author, temp id, reply and forward
+/// references (what tells which message of the batch it is).
+type WrittenRow = (i64, String, String, Option<String>, Option<i64>, Option<i64>);
+
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 
@@ -291,28 +295,27 @@ impl SqliteStore {
             .collect();
         let rows = serde_json::to_string(&rows).map_err(|error| StoreError::Backend(Box::new(error)))?;
         let mut turn = self.write_turn().await?;
-        let mut written: Vec<(i64, String, String, Option<String>, Option<i64>, Option<i64>)> =
-            sqlx::query_as(concat!(
-                "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
-                "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
-                "SELECT m.t, m.a, m.n, m.i, m.c, m.k, m.e, m.r, m.f, m.x, m.m, m.at FROM (SELECT key, ",
-                "value ->> '$.t' AS t, value ->> '$.a' AS a, value ->> '$.n' AS n, value ->> '$.i' AS i, ",
-                "value ->> '$.c' AS c, value ->> '$.k' AS k, value ->> '$.e' AS e, value ->> '$.r' AS r, ",
-                "value ->> '$.f' AS f, value ->> '$.x' AS x, value ->> '$.m' AS m, value ->> '$.at' AS at ",
-                "FROM json_each(?)) m ",
-                "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = m.t AND user_id = m.a) ",
-                "AND (m.r IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
-                "WHERE r.id = m.r AND r.topic = m.t AND r.deleted_at IS NULL)) ",
-                "AND (m.f IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
-                "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = m.a ",
-                "WHERE f.id = m.f AND f.deleted_at IS NULL)) ",
-                "ORDER BY m.key ",
-                "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING ",
-                "RETURNING id, topic, author_id, temp_id, reply_to, forwarded_from"
-            ))
-            .bind(rows)
-            .fetch_all(&mut *turn)
-            .await?;
+        let mut written: Vec<WrittenRow> = sqlx::query_as(concat!(
+            "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
+            "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
+            "SELECT m.t, m.a, m.n, m.i, m.c, m.k, m.e, m.r, m.f, m.x, m.m, m.at FROM (SELECT key, ",
+            "value ->> '$.t' AS t, value ->> '$.a' AS a, value ->> '$.n' AS n, value ->> '$.i' AS i, ",
+            "value ->> '$.c' AS c, value ->> '$.k' AS k, value ->> '$.e' AS e, value ->> '$.r' AS r, ",
+            "value ->> '$.f' AS f, value ->> '$.x' AS x, value ->> '$.m' AS m, value ->> '$.at' AS at ",
+            "FROM json_each(?)) m ",
+            "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = m.t AND user_id = m.a) ",
+            "AND (m.r IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
+            "WHERE r.id = m.r AND r.topic = m.t AND r.deleted_at IS NULL)) ",
+            "AND (m.f IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
+            "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = m.a ",
+            "WHERE f.id = m.f AND f.deleted_at IS NULL)) ",
+            "ORDER BY m.key ",
+            "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING ",
+            "RETURNING id, topic, author_id, temp_id, reply_to, forwarded_from"
+        ))
+        .bind(rows)
+        .fetch_all(&mut *turn)
+        .await?;
         drop(turn);
         written.sort_unstable_by_key(|row| row.0);
         let mut written = written.into_iter().peekable();
