@@ -352,19 +352,23 @@ impl SqliteStore {
         }
     }
 
-    /// One round of [`Self::checkpoint_forever`]; returns the WAL's frames left.
+    /// One round of [`Self::checkpoint_forever`]; returns the WAL's frames left, or
+    /// `None` when another checkpoint was running (SQLite then reports no log at all).
     #[doc(hidden)]
-    pub async fn checkpoint(&self) -> Result<i64, StoreError> {
-        let (_, log, copied): (i64, i64, i64) =
+    pub async fn checkpoint(&self) -> Result<Option<i64>, StoreError> {
+        let (busy, log, copied): (i64, i64, i64) =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&self.pool).await?;
+        if busy != 0 || log < 0 {
+            return Ok(None);
+        }
         if log < WAL_RESET_FRAMES {
-            return Ok(log);
+            return Ok(Some(log));
         }
         if copied < log {
             // A reader's snapshot still needs frames not yet copied: a reset would wait for
             // it with every writer stopped. Copy the rest next time.
             tracing::debug!(frames = log, copied, "SQLite WAL not reset: a reader holds an older snapshot");
-            return Ok(log);
+            return Ok(Some(log));
         }
         // Everything is in the database file, so new readers no longer look in the WAL;
         // the reset waits only for reads begun before the copy finished.
@@ -374,7 +378,7 @@ impl SqliteStore {
         if busy != 0 {
             tracing::warn!(frames = log, "SQLite WAL not reset: a reader held it past the busy timeout");
         }
-        Ok(log)
+        Ok((log >= 0).then_some(log))
     }
 
     /// Counts which of `ids` are the user's; errs unless all are.
