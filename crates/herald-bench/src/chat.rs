@@ -39,18 +39,20 @@ pub struct Plan {
     pub typing: Recorder,
 }
 
+/// The number that follows `key` in a frame, up to the next quote (`"messageId":"17"`).
+fn number_after(frame: &str, key: &str) -> Option<u64> {
+    let start = frame.find(key)? + key.len();
+    frame[start..].split('"').next()?.parse().ok()
+}
+
 /// The `"messageId":"N"` of a frame.
 fn message_id(frame: &str) -> Option<u64> {
-    let start = frame.find(r#""messageId":""#)? + r#""messageId":""#.len();
-    let digits = frame[start..].split('"').next()?;
-    digits.parse().ok()
+    number_after(frame, r#""messageId":""#)
 }
 
 /// The user number of a typing indicator's `"userId":"userN"`.
 fn typing_user(frame: &str) -> Option<usize> {
-    let start = frame.find(r#""userId":"user"#)? + r#""userId":"user"#.len();
-    let digits = frame[start..].split('"').next()?;
-    digits.parse().ok()
+    number_after(frame, r#""userId":"user"#).and_then(|user| usize::try_from(user).ok())
 }
 
 /// One member's live connection.
