@@ -1,10 +1,11 @@
 //! Store micro-benchmarks: one transaction creating a batch of notifications, on SQLite
-//! (a temporary file, as Herald runs it) and, when it answers, PostgreSQL.
+//! (a temporary file, as Herald runs it) and, when it answers, PostgreSQL; and chat
+//! messages posted on SQLite one after another and 64 at a time (the poster's batches).
 //!
 //! `cargo bench -p herald-store`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use herald_store::{NewNotification, PostgresStore, Priority, SqliteStore, Store};
+use herald_store::{ChatStore, NewMessage, NewNotification, PostgresStore, Priority, SqliteStore, Store};
 
 fn batch(size: usize, round: u64) -> Vec<NewNotification> {
     (0..size)
@@ -60,9 +61,58 @@ fn create(c: &mut Criterion) {
     }
 }
 
+fn message(author: usize) -> NewMessage {
+    NewMessage {
+        topic: "room:bench".into(),
+        author_id: format!("user{}", author % 50),
+        author_name: None,
+        author_image: None,
+        content: "a chat message of a usual length, some forty bytes".into(),
+        kind: "text".into(),
+        encrypted: false,
+        reply_to: None,
+        forwarded_from: None,
+        temp_id: None,
+        metadata: None,
+        created_at: 1,
+    }
+}
+
+/// Posting chat messages on SQLite: one at a time (each waits for the last: the write
+/// turn's hand-over is on the path) and 64 at once from 64 tasks (the poster's batches).
+fn post(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = runtime.block_on(SqliteStore::open(&dir.path().join("chat.db"), false)).expect("sqlite");
+    let members: Vec<String> = (0..50).map(|i| format!("user{i}")).collect();
+    runtime.block_on(store.add_members("room:bench", &members, "member", 1)).expect("members");
+    let mut author = 0usize;
+    c.bench_function("post_message/sqlite/one_at_a_time", |b| {
+        b.iter(|| {
+            author += 1;
+            runtime.block_on(store.post_message(message(author))).expect("posted")
+        })
+    });
+    c.bench_function("post_message/sqlite/64_at_once", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let posts: Vec<_> = (0..64)
+                    .map(|i| {
+                        let store = store.clone();
+                        tokio::spawn(async move { store.post_message(message(i)).await })
+                    })
+                    .collect();
+                for post in posts {
+                    post.await.expect("task").expect("posted");
+                }
+            })
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
-    targets = create
+    targets = create, post
 }
 criterion_main!(benches);
