@@ -77,9 +77,9 @@ def aggregate(group):
         row[key] = sum(run.get(key, 0) for run in good)
     for key in ("deliveries_per_second", "server_cpu_us_per_delivery", "loadgen_cpu_us_per_delivery"):
         row[key] = median([run[key] for run in good])
-    row["latency"] = {key: median([run["latency"][key] for run in good]) for key in good[0]["latency"]}
-    if all("typing_latency" in run for run in good):
-        row["typing_latency"] = {key: median([run["typing_latency"][key] for run in good]) for key in good[0]["typing_latency"]}
+    for name in ("latency", "typing_latency"):
+        if all(name in run for run in good):
+            row[name] = {key: median([run[name][key] for run in good]) for key in good[0][name]}
     row["cpu"] = dict(good[0]["cpu"], machine_busy=median([run["cpu"]["machine_busy"] for run in good]))
     cpus = [run["server_cpu_us_per_delivery"] for run in good]
     row["cpu_spread"] = (min(cpus), max(cpus))

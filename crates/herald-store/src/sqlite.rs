@@ -161,6 +161,11 @@ impl std::ops::DerefMut for WriteTurn<'_> {
 /// Where the poster answers one message.
 type PostReply = oneshot::Sender<Result<Posted, ChatError>>;
 
+/// Eager polls per batch: on an idle runtime they come back at once (a few
+/// microseconds in all, then the poster waits to be woken as usual); on a busy one
+/// each is a round of the worker's queue.
+const EAGER_POLLS: u32 = 256;
+
 /// Polls `future` again at the poster's next turn on its worker, up to [`EAGER_POLLS`]
 /// times, rather than only when woken. The poster waits on sqlx's SQLite thread, and a
 /// wake-up from outside the runtime goes through tokio's shared queue, which a busy
@@ -170,33 +175,18 @@ type PostReply = oneshot::Sender<Result<Posted, ChatError>>;
 /// a message waiting hundreds of milliseconds. A task that wakes itself is put at the
 /// back of its worker's own queue (at most 256 tasks ahead of it), so it sees the
 /// answer within one round of that queue.
-struct Eager<F> {
-    future: std::pin::Pin<Box<F>>,
-    polls: u32,
-}
-
-/// Eager polls per batch: on an idle runtime they come back at once (a few
-/// microseconds in all, then the poster waits to be woken as usual); on a busy one
-/// each is a round of the worker's queue.
-const EAGER_POLLS: u32 = 256;
-
-impl<F> Eager<F> {
-    fn new(future: F) -> Self {
-        Self { future: Box::pin(future), polls: 0 }
-    }
-}
-
-impl<F: std::future::Future> std::future::Future for Eager<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        let poll = self.future.as_mut().poll(cx);
-        if poll.is_pending() && self.polls < EAGER_POLLS {
-            self.polls += 1;
+async fn eagerly<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut polls = 0;
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() && polls < EAGER_POLLS {
+            polls += 1;
             cx.waker().wake_by_ref();
         }
         poll
-    }
+    })
+    .await
 }
 
 /// Aborts a background task when dropped.
@@ -322,7 +312,7 @@ impl SqliteStore {
         let mut batch = Vec::with_capacity(MAX_POST_BATCH);
         while queue.recv_many(&mut batch, MAX_POST_BATCH).await > 0 {
             let (messages, replies): (Vec<NewMessage>, Vec<PostReply>) = batch.drain(..).unzip();
-            for (reply, result) in replies.into_iter().zip(Eager::new(self.post_batch(messages)).await) {
+            for (reply, result) in replies.into_iter().zip(eagerly(self.post_batch(messages)).await) {
                 // The poster of a message that gave up waiting is not told.
                 let _ = reply.send(result);
             }
