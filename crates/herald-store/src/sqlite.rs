@@ -40,6 +40,27 @@ const MAX_POST_BATCH: usize = 128;
 /// references (what tells which message of the batch it is).
 type WrittenRow = (i64, String, String, Option<String>, Option<i64>, Option<i64>);
 
+/// The poster's batch insert: the messages of a batch as one JSON array (`rows`), each
+/// written where `post_single` would write it, in the batch's order.
+const INSERT_MESSAGES: &str = concat!(
+    "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
+    "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
+    "SELECT m.t, m.a, m.n, m.i, m.c, m.k, m.e, m.r, m.f, m.x, m.m, m.at FROM (SELECT key, ",
+    "value ->> '$.t' AS t, value ->> '$.a' AS a, value ->> '$.n' AS n, value ->> '$.i' AS i, ",
+    "value ->> '$.c' AS c, value ->> '$.k' AS k, value ->> '$.e' AS e, value ->> '$.r' AS r, ",
+    "value ->> '$.f' AS f, value ->> '$.x' AS x, value ->> '$.m' AS m, value ->> '$.at' AS at ",
+    "FROM json_each(?)) m ",
+    "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = m.t AND user_id = m.a) ",
+    "AND (m.r IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
+    "WHERE r.id = m.r AND r.topic = m.t AND r.deleted_at IS NULL)) ",
+    "AND (m.f IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
+    "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = m.a ",
+    "WHERE f.id = m.f AND f.deleted_at IS NULL)) ",
+    "ORDER BY m.key ",
+    "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING ",
+    "RETURNING id, topic, author_id, temp_id, reply_to, forwarded_from"
+);
+
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_PERIOD: Duration = Duration::from_secs(1);
 
@@ -127,14 +148,29 @@ enum Writer {
     /// rounds each): the poster's write cycle took 11-12.5 ms with the pool and 2.3-3.9 ms
     /// with the lock, and a message's time in the store 107-300 ms against 29-67 ms. A
     /// lock given back is the next writer's at once, in the order they came.
-    Held(std::sync::Arc<tokio::sync::Mutex<SqliteConnection>>),
+    Held(std::sync::Arc<tokio::sync::Mutex<HeldWriter>>),
     /// In memory: the pool's only connection, which reads too.
     Pooled(SqlitePool),
 }
 
+/// A database file's writer: two connections to the file that take the same turns, so
+/// they never wait for each other in SQLite.
+#[derive(Debug)]
+struct HeldWriter {
+    /// sqlx's connection, for every write but the poster's.
+    sqlx: SqliteConnection,
+    /// The poster's connection, driven synchronously (rusqlite) on the worker thread that
+    /// runs the poster: a batch of messages is one statement of 0.1 to 2 ms, run where it
+    /// is needed, with no round trip to a connection thread. Through sqlx, each batch
+    /// waited for an answer from that thread, and a wake-up from outside the runtime goes
+    /// through tokio's shared queue, which is longest when the machine is busiest (see
+    /// [`eagerly`]). `None` when the database is not a file (a shared in-memory URL).
+    direct: Option<rusqlite::Connection>,
+}
+
 /// A write's turn: the writer connection until dropped.
 enum WriteTurn<'a> {
-    Held(tokio::sync::MutexGuard<'a, SqliteConnection>),
+    Held(tokio::sync::MutexGuard<'a, HeldWriter>),
     Pooled(sqlx::pool::PoolConnection<sqlx::Sqlite>),
 }
 
@@ -143,8 +179,18 @@ impl std::ops::Deref for WriteTurn<'_> {
 
     fn deref(&self) -> &SqliteConnection {
         match self {
-            Self::Held(connection) => connection,
+            Self::Held(writer) => &writer.sqlx,
             Self::Pooled(connection) => connection,
+        }
+    }
+}
+
+impl WriteTurn<'_> {
+    /// The poster's synchronous connection, where there is one.
+    fn direct(&mut self) -> Option<&mut rusqlite::Connection> {
+        match self {
+            Self::Held(writer) => writer.direct.as_mut(),
+            Self::Pooled(_) => None,
         }
     }
 }
@@ -152,7 +198,7 @@ impl std::ops::Deref for WriteTurn<'_> {
 impl std::ops::DerefMut for WriteTurn<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         match self {
-            Self::Held(connection) => connection,
+            Self::Held(writer) => &mut writer.sqlx,
             Self::Pooled(connection) => connection,
         }
     }
@@ -167,7 +213,9 @@ type PostReply = oneshot::Sender<Result<Posted, ChatError>>;
 const EAGER_POLLS: u32 = 256;
 
 /// Polls `future` again at the poster's next turn on its worker, up to [`EAGER_POLLS`]
-/// times, rather than only when woken. The poster waits on sqlx's SQLite thread, and a
+/// times, rather than only when woken. The poster waits on sqlx's SQLite thread where it
+/// writes through sqlx (in memory, or a batch posted again after its own connection
+/// failed) and, for the write turn, on other writers, which write through sqlx; a
 /// wake-up from outside the runtime goes through tokio's shared queue, which a busy
 /// worker takes from once per ~200 µs of polling and which also holds what overflows the
 /// workers' own queues; with the machine saturated (10,000 chat users) it held 1,200 to
@@ -197,6 +245,32 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// How long the poster's connection waits for SQLite's write lock, on the worker thread,
+/// before its batch fails and is posted one message at a time through sqlx (whose busy
+/// wait is on its own thread). Both writer connections take the same turns, so it only
+/// waits for another process writing the same file.
+const DIRECT_BUSY_WAIT: Duration = Duration::from_millis(100);
+
+/// Opens the poster's connection to the database file at `path` (already migrated, in
+/// WAL mode), with the per-connection settings of sqlx's connections (see `open_with`).
+fn open_direct(path: &Path, durable_on_power_loss: bool) -> rusqlite::Result<rusqlite::Connection> {
+    let direct = rusqlite::Connection::open(path)?;
+    direct.busy_timeout(DIRECT_BUSY_WAIT)?;
+    direct.pragma_update(None, "synchronous", if durable_on_power_loss { "FULL" } else { "NORMAL" })?;
+    direct.pragma_update(None, "foreign_keys", true)?;
+    direct.pragma_update(None, "wal_autocheckpoint", 0)?;
+    direct.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    Ok(direct)
+}
+
+/// Runs the poster's batch insert ([`INSERT_MESSAGES`]) on the poster's connection.
+fn insert_directly(direct: &rusqlite::Connection, rows: &str) -> rusqlite::Result<Vec<WrittenRow>> {
+    let mut statement = direct.prepare_cached(INSERT_MESSAGES)?;
+    let written = statement
+        .query_map([rows], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)))?;
+    written.collect()
 }
 
 fn json_ids(ids: &[i64]) -> String {
@@ -273,7 +347,16 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         migrator().run(&pool).await?;
-        let writer = Writer::Held(std::sync::Arc::new(tokio::sync::Mutex::new(options.connect().await?)));
+        let mut sqlx = options.connect().await?;
+        let (file,): (String,) =
+            sqlx::query_as("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(&mut sqlx).await?;
+        let direct = if file.is_empty() {
+            None
+        } else {
+            let open = move || open_direct(Path::new(&file), durable_on_power_loss);
+            Some(tokio::task::spawn_blocking(open).await.map_err(|error| StoreError::Backend(Box::new(error)))??)
+        };
+        let writer = Writer::Held(std::sync::Arc::new(tokio::sync::Mutex::new(HeldWriter { sqlx, direct })));
         let mut store = Self { pool, writer, poster: None, checkpointer: None };
         let task = tokio::spawn(store.clone().checkpoint_forever());
         store.checkpointer = Some(std::sync::Arc::new(StopOnDrop(task.abort_handle())));
@@ -321,7 +404,9 @@ impl SqliteStore {
 
     /// Posts `batch`, answering each message for itself, in order.
     async fn post_batch(&self, mut batch: Vec<NewMessage>) -> Vec<Result<Posted, ChatError>> {
-        if batch.len() == 1 {
+        // Alone through sqlx: its own statement, with no array to build and read. The
+        // poster's own connection writes a batch of one like any other.
+        if batch.len() == 1 && matches!(self.writer, Writer::Pooled(_)) {
             let new = batch.pop().expect("one message");
             return vec![self.post_single(new).await];
         }
@@ -368,27 +453,10 @@ impl SqliteStore {
             .collect();
         let rows = serde_json::to_string(&rows).map_err(|error| StoreError::Backend(Box::new(error)))?;
         let mut turn = self.write_turn().await?;
-        let mut written: Vec<WrittenRow> = sqlx::query_as(concat!(
-            "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
-            "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
-            "SELECT m.t, m.a, m.n, m.i, m.c, m.k, m.e, m.r, m.f, m.x, m.m, m.at FROM (SELECT key, ",
-            "value ->> '$.t' AS t, value ->> '$.a' AS a, value ->> '$.n' AS n, value ->> '$.i' AS i, ",
-            "value ->> '$.c' AS c, value ->> '$.k' AS k, value ->> '$.e' AS e, value ->> '$.r' AS r, ",
-            "value ->> '$.f' AS f, value ->> '$.x' AS x, value ->> '$.m' AS m, value ->> '$.at' AS at ",
-            "FROM json_each(?)) m ",
-            "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = m.t AND user_id = m.a) ",
-            "AND (m.r IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
-            "WHERE r.id = m.r AND r.topic = m.t AND r.deleted_at IS NULL)) ",
-            "AND (m.f IS NULL OR EXISTS (SELECT 1 FROM herald_messages f ",
-            "JOIN herald_members fm ON fm.topic = f.topic AND fm.user_id = m.a ",
-            "WHERE f.id = m.f AND f.deleted_at IS NULL)) ",
-            "ORDER BY m.key ",
-            "ON CONFLICT (author_id, temp_id) WHERE temp_id IS NOT NULL DO NOTHING ",
-            "RETURNING id, topic, author_id, temp_id, reply_to, forwarded_from"
-        ))
-        .bind(rows)
-        .fetch_all(&mut *turn)
-        .await?;
+        let mut written = match turn.direct() {
+            Some(direct) => insert_directly(direct, &rows)?,
+            None => sqlx::query_as::<_, WrittenRow>(INSERT_MESSAGES).bind(rows).fetch_all(&mut *turn).await?,
+        };
         drop(turn);
         written.sort_unstable_by_key(|row| row.0);
         let mut written = written.into_iter().peekable();

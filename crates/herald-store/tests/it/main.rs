@@ -381,3 +381,51 @@ async fn sqlite_wal_is_reset_while_readers_overlap() {
     let page = store.list("alice", ListQuery::default()).await.expect("list after reset");
     assert!(!page.items.is_empty(), "data survives the reset");
 }
+
+/// SQLite only: the poster writes on a connection of its own, which waits only briefly
+/// (on Herald's worker thread) for SQLite's write lock. When another process holds the
+/// lock for longer, the batch is posted again through sqlx, which waits on its own
+/// thread: the message is stored once, when the lock is free.
+#[tokio::test]
+async fn sqlite_post_outlasts_another_process_holding_the_write_lock() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("herald.db");
+    let store = SqliteStore::open(&path, false).await.expect("sqlite store opens");
+    let chat = store.chat();
+    chat.add_members("room:lock", &["alice".to_string()], "member", 1).await.expect("member added");
+    let url = format!("sqlite://{}", path.display());
+    let mut other = sqlx::SqliteConnection::connect(&url).await.expect("another connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.expect("the other writer holds the lock");
+
+    let new = herald_store::NewMessage {
+        topic: "room:lock".into(),
+        author_id: "alice".into(),
+        content: "after the lock".into(),
+        kind: "text".into(),
+        created_at: 2,
+        temp_id: Some("t-lock".into()),
+        ..Default::default()
+    };
+    let post = tokio::spawn({
+        let store = store.clone();
+        let new = new.clone();
+        async move { store.chat().post_message(new).await }
+    });
+    // Held past the poster's own wait (100 ms), well within sqlx's (5 s): a condition
+    // being created, not a wait for an event.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!post.is_finished(), "nothing is written while another process holds the lock");
+    sqlx::query("COMMIT").execute(&mut other).await.expect("the other writer commits");
+
+    let posted = post.await.expect("task").expect("posted once the lock is free");
+    assert!(posted.new);
+    assert_eq!(posted.message.content, "after the lock");
+    let history = chat.messages("alice", "room:lock", None, 10).await.expect("history");
+    assert_eq!(history.len(), 1, "stored once: {history:?}");
+    assert_eq!(history[0], posted.message);
+    // The poster's connection writes again at once afterwards.
+    let next =
+        chat.post_message(herald_store::NewMessage { temp_id: None, created_at: 3, ..new }).await.expect("posted");
+    assert!(next.new && next.message.id > posted.message.id);
+}
