@@ -140,8 +140,8 @@ pub struct SqliteStore {
 /// Where a write takes its turn (see `SqliteStore::writer`).
 #[derive(Debug, Clone)]
 enum Writer {
-    /// A database file: the writer connection, held by the store behind a lock rather
-    /// than pooled. sqlx does not hand a pooled connection given back to the next taker
+    /// A database file: the writer connections (see [`HeldWriter`]), held by the store
+    /// behind a lock rather than pooled. sqlx does not hand a pooled connection given back to the next taker
     /// at once: it spawns a task that pings the connection (a round trip to its thread)
     /// and only then releases it, two more wake-ups between two writes, each waiting its
     /// turn on a busy runtime. Measured in the chat benchmark at 10,000 users (two
@@ -364,11 +364,12 @@ impl SqliteStore {
     }
 
     /// Starts the poster, which writes the messages posted at the same moment in one
-    /// statement. With sqlx's SQLite driver each statement is a round trip to the
-    /// connection's thread (two thread wake-ups) and each commit writes its pages to the
-    /// WAL, so under load sharing both is most of a message's cost in the store
-    /// (measured in the chat benchmark: the SQLite thread's time was a quarter WAL
-    /// writes, a quarter waking up, a third running statements). A message that finds
+    /// statement. Each commit writes its pages to the WAL, and (through sqlx) each
+    /// statement is a round trip to the connection's thread, so under load sharing both
+    /// is most of a message's cost in the store (measured in the chat benchmark when the
+    /// poster wrote through sqlx: the SQLite thread's time was a quarter WAL writes, a
+    /// quarter waking up, a third running statements; on a database file the poster now
+    /// writes on a connection of its own, see `HeldWriter::direct`). A message that finds
     /// the poster idle goes alone, at once: nothing waits to make a batch.
     fn with_poster(mut self) -> Self {
         let (poster, queue) = mpsc::channel(POST_QUEUE);
