@@ -71,7 +71,8 @@ impl Member {
 }
 
 /// Connects `token`'s user, joins `room`, and starts its task; the first message goes
-/// out after `phase`.
+/// out after `phase`. `user` is the user's number: its slot in `plan.typing_stamps` and
+/// its shard of `recorder`.
 #[allow(clippy::too_many_arguments, reason = "one call site, every argument distinct")]
 pub async fn join(
     target: &Target,
@@ -79,7 +80,7 @@ pub async fn join(
     room: &str,
     source: Option<IpAddr>,
     recorder: Arc<Recorder>,
-    shard: usize,
+    user: usize,
     plan: Arc<Plan>,
     phase: Duration,
 ) -> anyhow::Result<Member> {
@@ -129,7 +130,7 @@ pub async fn join(
                     let frame = if next_typing.is_some_and(|typing| typing <= next_message) {
                         next_typing = None;
                         plan.typing_sent.fetch_add(1, Ordering::Relaxed);
-                        if let Some(stamp) = plan.typing_stamps.get(shard) {
+                        if let Some(stamp) = plan.typing_stamps.get(user) {
                             stamp.store(now_nanos(), Ordering::Relaxed);
                         }
                         format!(r#"{{"type":"message:typing","payload":{{"roomId":"{room}"}}}}"#)
@@ -154,12 +155,12 @@ pub async fn join(
                             if message_id(&text).is_some_and(|id| !seen.insert(id)) {
                                 plan.duplicates.fetch_add(1, Ordering::Relaxed);
                             } else if let Some(stamp) = stamp_of(&text) {
-                                recorder.record(shard, stamp);
+                                recorder.record(user, stamp);
                             }
                         } else if text.starts_with(r#"{"type":"message:typing""#) {
                             let stamp = typing_user(&text).and_then(|user| plan.typing_stamps.get(user));
                             if let Some(stamp) = stamp.map(|stamp| stamp.load(Ordering::Relaxed)).filter(|&t| t > 0) {
-                                plan.typing.record(shard, stamp);
+                                plan.typing.record(user, stamp);
                             }
                         } else if text.starts_with(r#"{"type":"ack""#) && !text.contains(r#""success":true"#)
                             || text.starts_with(r#"{"type":"error""#)
