@@ -65,16 +65,10 @@ fn message(author: usize) -> NewMessage {
     NewMessage {
         topic: "room:bench".into(),
         author_id: format!("user{}", author % 50),
-        author_name: None,
-        author_image: None,
         content: "a chat message of a usual length, some forty bytes".into(),
         kind: "text".into(),
-        encrypted: false,
-        reply_to: None,
-        forwarded_from: None,
-        temp_id: None,
-        metadata: None,
         created_at: 1,
+        ..NewMessage::default()
     }
 }
 

@@ -10,9 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Row, SqlSafeStr};
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,10 +139,10 @@ pub struct SqliteStore {
 #[derive(Debug, Clone)]
 enum Writer {
     /// A database file: the writer connections (see [`HeldWriter`]), held by the store
-    /// behind a lock rather than pooled. sqlx does not hand a pooled connection given back to the next taker
-    /// at once: it spawns a task that pings the connection (a round trip to its thread)
-    /// and only then releases it, two more wake-ups between two writes, each waiting its
-    /// turn on a busy runtime. Measured in the chat benchmark at 10,000 users (two
+    /// behind a lock rather than pooled. sqlx does not hand a pooled connection given
+    /// back to the next taker at once: it spawns a task that pings the connection (a
+    /// round trip to its thread) and only then releases it, two more wake-ups between two
+    /// writes, each waiting its turn on a busy runtime. Measured in the chat benchmark at 10,000 users (two
     /// rounds each): the poster's write cycle took 11-12.5 ms with the pool and 2.3-3.9 ms
     /// with the lock, and a message's time in the store 107-300 ms against 29-67 ms. A
     /// lock given back is the next writer's at once, in the order they came.
@@ -185,21 +183,21 @@ impl std::ops::Deref for WriteTurn<'_> {
     }
 }
 
+impl std::ops::DerefMut for WriteTurn<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Held(writer) => &mut writer.sqlx,
+            Self::Pooled(connection) => connection,
+        }
+    }
+}
+
 impl WriteTurn<'_> {
     /// The poster's synchronous connection, where there is one.
     fn direct(&mut self) -> Option<&mut rusqlite::Connection> {
         match self {
             Self::Held(writer) => writer.direct.as_mut(),
             Self::Pooled(_) => None,
-        }
-    }
-}
-
-impl std::ops::DerefMut for WriteTurn<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            Self::Held(writer) => &mut writer.sqlx,
-            Self::Pooled(connection) => connection,
         }
     }
 }
@@ -253,15 +251,30 @@ impl Drop for StopOnDrop {
 /// waits for another process writing the same file.
 const DIRECT_BUSY_WAIT: Duration = Duration::from_millis(100);
 
+/// The settings of every connection to a database file, sqlx's and the poster's (the
+/// busy wait apart: see [`DIRECT_BUSY_WAIT`]).
+fn connection_pragmas(durable_on_power_loss: bool) -> [(&'static str, &'static str); 4] {
+    [
+        ("synchronous", if durable_on_power_loss { "FULL" } else { "NORMAL" }),
+        ("foreign_keys", "ON"),
+        // Checkpoints are the checkpointer's, never a commit's: a commit that copies
+        // 1,000 pages and syncs the file would stall every write behind it.
+        ("wal_autocheckpoint", "0"),
+        // When a writer starts the WAL over on its own (everything copied, no reader left
+        // in it), SQLite reuses the file at its old size; this trims it back, so the file
+        // stays bounded however it was reset.
+        ("journal_size_limit", WAL_SIZE_LIMIT),
+    ]
+}
+
 /// Opens the poster's connection to the database file at `path` (already migrated, in
-/// WAL mode), with the per-connection settings of sqlx's connections (see `open_with`).
+/// WAL mode).
 fn open_direct(path: &Path, durable_on_power_loss: bool) -> rusqlite::Result<rusqlite::Connection> {
     let direct = rusqlite::Connection::open(path)?;
     direct.busy_timeout(DIRECT_BUSY_WAIT)?;
-    direct.pragma_update(None, "synchronous", if durable_on_power_loss { "FULL" } else { "NORMAL" })?;
-    direct.pragma_update(None, "foreign_keys", true)?;
-    direct.pragma_update(None, "wal_autocheckpoint", 0)?;
-    direct.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    for (name, value) in connection_pragmas(durable_on_power_loss) {
+        direct.pragma_update(None, name, value)?;
+    }
     Ok(direct)
 }
 
@@ -325,19 +338,10 @@ impl SqliteStore {
     }
 
     async fn open_with(options: SqliteConnectOptions, durable_on_power_loss: bool) -> Result<Self, StoreError> {
-        let synchronous = if durable_on_power_loss { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
-        let options = options
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true)
-            // Checkpoints are the checkpointer's (below), never a commit's: a commit that
-            // copies 1,000 pages and syncs the file would stall every write behind it.
-            .pragma("wal_autocheckpoint", "0")
-            // When a writer starts the WAL over on its own (everything copied, no reader
-            // left in it), SQLite reuses the file at its old size; this trims it back, so
-            // the file stays bounded however it was reset.
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+        let mut options = options.journal_mode(SqliteJournalMode::Wal).busy_timeout(Duration::from_secs(5));
+        for (name, value) in connection_pragmas(durable_on_power_loss) {
+            options = options.pragma(name, value);
+        }
         // An embedded file needs no liveness check before each use (sqlx's default pings
         // every connection it hands out, a round trip to the connection's thread).
         let pool = SqlitePoolOptions::new()
