@@ -429,3 +429,13 @@ async fn sqlite_post_outlasts_another_process_holding_the_write_lock() {
         chat.post_message(herald_store::NewMessage { temp_id: None, created_at: 3, ..new }).await.expect("posted");
     assert!(next.new && next.message.id > posted.message.id);
 }
+
+/// A shared in-memory database named by URL (`open_url`): no file, so the poster writes
+/// through sqlx's writer connection; posting behaves as on a file.
+#[tokio::test]
+async fn sqlite_shared_in_memory_url_posts_like_a_file() {
+    let url = format!("sqlite:file:herald-shared-{:016x}?mode=memory&cache=shared", rand::random::<u64>());
+    let store = SqliteStore::open_url(&url, false).await.expect("a shared in-memory store opens");
+    cases::messages_posted_at_once_are_each_answered_for_themselves(&store).await;
+    cases::only_members_post_and_temp_ids_make_posting_idempotent(&store).await;
+}
