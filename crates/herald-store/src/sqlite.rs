@@ -40,6 +40,12 @@ type WrittenRow = (i64, String, String, Option<String>, Option<i64>, Option<i64>
 
 /// The poster's batch insert: the messages of a batch as one JSON array (`rows`), each
 /// written where `post_single` would write it, in the batch's order.
+///
+/// Read with `jsonb_each`, whose `value` is SQLite's binary JSON, which `->>` reads as it
+/// is: `json_each` hands each row's object out as text, parsed again by each of the
+/// twelve `->>`. Measured with `cargo bench -p herald-store -- post_message`, 64
+/// messages at once: 0.58–0.64 ms against 0.90–1.07 ms (a message alone: no difference
+/// beyond the noise, its commit is most of its cost).
 const INSERT_MESSAGES: &str = concat!(
     "INSERT INTO herald_messages (topic, author_id, author_name, author_image, content, type, ",
     "encrypted, reply_to, forwarded_from, temp_id, metadata, created_at) ",
@@ -47,7 +53,7 @@ const INSERT_MESSAGES: &str = concat!(
     "value ->> '$.t' AS t, value ->> '$.a' AS a, value ->> '$.n' AS n, value ->> '$.i' AS i, ",
     "value ->> '$.c' AS c, value ->> '$.k' AS k, value ->> '$.e' AS e, value ->> '$.r' AS r, ",
     "value ->> '$.f' AS f, value ->> '$.x' AS x, value ->> '$.m' AS m, value ->> '$.at' AS at ",
-    "FROM json_each(?)) m ",
+    "FROM jsonb_each(?)) m ",
     "WHERE EXISTS (SELECT 1 FROM herald_members WHERE topic = m.t AND user_id = m.a) ",
     "AND (m.r IS NULL OR EXISTS (SELECT 1 FROM herald_messages r ",
     "WHERE r.id = m.r AND r.topic = m.t AND r.deleted_at IS NULL)) ",
