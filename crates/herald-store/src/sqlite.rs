@@ -2,8 +2,9 @@
 //!
 //! `synchronous = NORMAL`: a commit is in the WAL before Herald answers, so it survives
 //! the process being killed; only a power loss can take the last commits (set
-//! `synchronous = FULL` by passing `durable_on_power_loss`). Sets of ids travel as one
-//! JSON array read with `json_each`, so every statement is static.
+//! `synchronous = FULL` by passing `durable_on_power_loss`). Sets of ids and batches of
+//! rows travel as one JSON array read with `json_each` (`jsonb_each` for the poster's
+//! messages, see [`INSERT_MESSAGES`]), so every statement is static.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -148,10 +149,11 @@ enum Writer {
     /// behind a lock rather than pooled. sqlx does not hand a pooled connection given
     /// back to the next taker at once: it spawns a task that pings the connection (a
     /// round trip to its thread) and only then releases it, two more wake-ups between two
-    /// writes, each waiting its turn on a busy runtime. Measured in the chat benchmark at 10,000 users (two
-    /// rounds each): the poster's write cycle took 11-12.5 ms with the pool and 2.3-3.9 ms
-    /// with the lock, and a message's time in the store 107-300 ms against 29-67 ms. A
-    /// lock given back is the next writer's at once, in the order they came.
+    /// writes, each waiting its turn on a busy runtime. Measured in the chat benchmark at
+    /// 10,000 users (two rounds each): the poster's write cycle took 11-12.5 ms with the
+    /// pool and 2.3-3.9 ms with the lock, and a message's time in the store 107-300 ms
+    /// against 29-67 ms. A lock given back is the next writer's at once, in the order
+    /// they came.
     Held(std::sync::Arc<tokio::sync::Mutex<HeldWriter>>),
     /// In memory: the pool's only connection, which reads too.
     Pooled(SqlitePool),
