@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async_with_config};
+use tokio_websockets::{Message, WebSocketStream};
 
 use crate::recorder::{Recorder, stamp_of};
 
@@ -71,7 +69,7 @@ impl Connection {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = WebSocketStream<tokio::net::TcpStream>;
 
 async fn tcp(target: &Target, source: Option<IpAddr>) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = if target.address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -82,23 +80,25 @@ async fn tcp(target: &Target, source: Option<IpAddr>) -> anyhow::Result<tokio::n
     Ok(socket.connect(target.address).await?)
 }
 
+/// A plain WebSocket client connection (tokio-websockets: it reads into spare capacity
+/// without zeroing it and polls the socket with the task's own waker; tokio-tungstenite's
+/// `memset` of its read buffer and its waker proxies were 6% of the load generator's CPU
+/// in the chat scenario, measured with perf, CPU taken from the server on the same cores).
 pub async fn websocket(target: &Target, path: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let stream = tcp(target, source).await?;
-    let url = format!("ws://{}{path}", target.host);
-    // tungstenite zeroes the free part of its read buffer, up to this size, before every
-    // read (the one that finds nothing included): 16 KiB made that memset 16% of the load
-    // generator's CPU in the chat scenario (perf), taken from the server on the same cores.
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
-    let (ws, _) = client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).await?;
+    let uri = format!("ws://{}{path}", target.host);
+    let (ws, _) = tokio_websockets::ClientBuilder::new().uri(&uri)?.connect_on(stream).await?;
     Ok(ws)
 }
 
 async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(other)) => anyhow::bail!("unexpected message {other:?}"),
+            Some(Ok(message)) if message.is_ping() || message.is_pong() => continue,
+            Some(Ok(message)) => match message.as_text() {
+                Some(text) => return Ok(text.to_owned()),
+                None => anyhow::bail!("unexpected message {message:?}"),
+            },
             Some(Err(error)) => return Err(error.into()),
             None => anyhow::bail!("connection closed during handshake"),
         }
@@ -113,7 +113,6 @@ pub async fn open(
     subscribe: bool,
     source: Option<IpAddr>,
     recorder: Arc<Recorder>,
-    shard: usize,
 ) -> anyhow::Result<Connection> {
     let started = Instant::now();
     let (stop, stopped) = oneshot::channel();
@@ -133,7 +132,7 @@ pub async fn open(
                     }
                 }
             }
-            tokio::spawn(read_frames(ws, stopped, recorder, shard, false))
+            tokio::spawn(read_frames(ws, stopped, recorder, false))
         }
         Protocol::Sio => {
             let mut ws = websocket(target, "/socket.io/?EIO=4&transport=websocket", source).await?;
@@ -165,13 +164,13 @@ pub async fn open(
                     }
                 }
             }
-            tokio::spawn(read_frames(ws, stopped, recorder, shard, true))
+            tokio::spawn(read_frames(ws, stopped, recorder, true))
         }
         Protocol::Sse => {
             let url = format!("http://{}/events?token={token}", target.host);
             let response = reqwest::Client::new().get(url).send().await?;
             anyhow::ensure!(response.status() == 200, "status {}", response.status());
-            tokio::spawn(read_sse(response, stopped, recorder, shard))
+            tokio::spawn(read_sse(response, stopped, recorder))
         }
     };
     Ok(Connection { connect_time: started.elapsed(), stop: Some(stop), done })
@@ -179,45 +178,33 @@ pub async fn open(
 
 /// Reads a plain WebSocket or (with `socket_io`) a Socket.IO connection until stopped,
 /// recording each benchmark event; Socket.IO pings (`2`) are answered (`3`).
-async fn read_frames(
-    mut ws: Ws,
-    mut stopped: oneshot::Receiver<()>,
-    recorder: Arc<Recorder>,
-    shard: usize,
-    socket_io: bool,
-) {
+async fn read_frames(mut ws: Ws, mut stopped: oneshot::Receiver<()>, recorder: Arc<Recorder>, socket_io: bool) {
     loop {
         tokio::select! {
             _ = &mut stopped => {
                 // Closing is best effort: the benchmark is over for this connection.
-                drop(ws.close(None).await);
+                drop(ws.close().await);
                 return;
             }
             message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if socket_io && text.as_str() == "2" {
+                Some(Ok(message)) => if let Some(text) = message.as_text() {
+                    if socket_io && text == "2" {
                         if ws.send(Message::text("3")).await.is_err() {
                             return;
                         }
                     } else if (!socket_io || text.starts_with("42"))
-                        && let Some(stamp) = stamp_of(&text)
+                        && let Some(stamp) = stamp_of(text)
                     {
-                        recorder.record(shard, stamp);
+                        recorder.record(stamp);
                     }
-                }
-                Some(Ok(_)) => {}
+                },
                 _ => return,
             }
         }
     }
 }
 
-async fn read_sse(
-    response: reqwest::Response,
-    mut stopped: oneshot::Receiver<()>,
-    recorder: Arc<Recorder>,
-    shard: usize,
-) {
+async fn read_sse(response: reqwest::Response, mut stopped: oneshot::Receiver<()>, recorder: Arc<Recorder>) {
     let mut body = response.bytes_stream();
     let mut pending = String::new();
     loop {
@@ -229,7 +216,7 @@ async fn read_sse(
                     while let Some(end) = pending.find("\n\n") {
                         let message: String = pending.drain(..end + 2).collect();
                         if let Some(stamp) = stamp_of(&message) {
-                            recorder.record(shard, stamp);
+                            recorder.record(stamp);
                         }
                     }
                 }

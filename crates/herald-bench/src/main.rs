@@ -281,7 +281,7 @@ async fn open_many(env: &Arc<Env>, first: usize, count: usize, subscribe: bool, 
         let recorder = recorder.clone();
         tasks.spawn(async move {
             let token = env.token(&format!("user{index}"));
-            let opening = open(env.target(index), &token, subscribe, env.source(index), recorder, index);
+            let opening = open(env.target(index), &token, subscribe, env.source(index), recorder);
             match tokio::time::timeout(Duration::from_secs(30), opening).await {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!("timed out")),
@@ -550,7 +550,7 @@ async fn scenario_churn(args: ChurnArgs) -> anyhow::Result<Value> {
                     (env.clone(), churn_recorder.clone(), churn_failures.clone(), churned.clone());
                 tasks.spawn(async move {
                     let token = env.token(&format!("churn{index}"));
-                    match open(env.target(index), &token, true, env.source(index), churn_recorder, index).await {
+                    match open(env.target(index), &token, true, env.source(index), churn_recorder).await {
                         Ok(mut connection) => {
                             tokio::time::sleep(life).await;
                             connection.close();
