@@ -16,7 +16,6 @@ use herald_core::{Broker, CloseReason, ErrorCode, Hub, MemoryBroker};
 use http::{HeaderValue, Method};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -26,7 +25,7 @@ use crate::http::{ApiError, dashboard, ops, publish};
 use crate::inbox::{Inbox, api as inbox_api};
 use crate::limits::Admission;
 use crate::outbox::api as outbox_api;
-use crate::state::{AppState, Shared};
+use crate::state::{AppState, Shared, Shutdown};
 use crate::telemetry;
 use crate::transport::{socketio, sse, ws};
 use herald_store::{PostgresStore, SqliteStore, Store};
@@ -83,7 +82,7 @@ impl App {
             max_topics_per_session: settings.max_topics_per_session,
             max_held: settings.session_queue.max(settings.socketio_buffer),
         });
-        let shutdown = CancellationToken::new();
+        let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
         let broker: Arc<dyn Broker> = match &settings.redis {
             None => Arc::new(MemoryBroker::with_history(hub.clone(), settings.history.clone())),
@@ -91,7 +90,7 @@ impl App {
                 let mut config = redis.clone();
                 config.history = settings.history.clone();
                 Arc::new(
-                    herald_redis::RedisBroker::start(hub.clone(), config, shutdown.clone(), &tasks)
+                    herald_redis::RedisBroker::start(hub.clone(), config, shutdown.token(), &tasks)
                         .await
                         .map_err(|error| anyhow::anyhow!("{error}"))?,
                 )
@@ -102,14 +101,14 @@ impl App {
 
     /// Builds the gateway around a given hub and broker.
     pub async fn bind_with(settings: Settings, hub: Hub, broker: Arc<dyn Broker>) -> anyhow::Result<Self> {
-        Self::assemble(settings, hub, broker, CancellationToken::new(), TaskTracker::new()).await
+        Self::assemble(settings, hub, broker, Shutdown::default(), TaskTracker::new()).await
     }
 
     async fn assemble(
         settings: Settings,
         hub: Hub,
         broker: Arc<dyn Broker>,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
         tasks: TaskTracker,
     ) -> anyhow::Result<Self> {
         let verifier = Verifier::new(&settings.auth)?;
@@ -127,7 +126,7 @@ impl App {
         let admission =
             Admission::new(settings.max_connections, settings.rate_limit_max_connections, settings.rate_limit_window);
         let store = open_store(&settings.store).await?;
-        let inbox = Inbox::start(store, settings.inbox.clone(), hub.clone(), broker.clone(), shutdown.clone(), &tasks)
+        let inbox = Inbox::start(store, settings.inbox.clone(), hub.clone(), broker.clone(), shutdown.token(), &tasks)
             .await
             .map_err(|error| anyhow::anyhow!("cannot start the inbox: {error}"))?;
         let outbox_mirror = match &settings.outbox.mirror_url {
@@ -175,7 +174,7 @@ impl App {
         if state.settings.outbox.enabled || state.settings.worker_only {
             crate::outbox::start(&state);
         }
-        let sweeper = state.hub.clone().run_sweeper(SWEEP_PERIOD, state.settings.max_idle_time, shutdown.clone());
+        let sweeper = state.hub.clone().run_sweeper(SWEEP_PERIOD, state.settings.max_idle_time, shutdown.token());
         state.tasks.spawn(sweeper);
         {
             let state = state.clone();
