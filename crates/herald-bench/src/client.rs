@@ -69,7 +69,7 @@ impl Connection {
     }
 }
 
-pub type Ws = WebSocketStream<tokio::net::TcpStream>;
+type Ws = WebSocketStream<tokio::net::TcpStream>;
 
 async fn tcp(target: &Target, source: Option<IpAddr>) -> anyhow::Result<tokio::net::TcpStream> {
     let socket = if target.address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -182,8 +182,9 @@ async fn read_frames(mut ws: Ws, mut stopped: oneshot::Receiver<()>, recorder: A
     loop {
         tokio::select! {
             _ = &mut stopped => {
-                // Closing is best effort: the benchmark is over for this connection.
-                drop(ws.close().await);
+                // Closing is best effort: the benchmark is over for this connection. The
+                // close waits for the server's close frame, at most a few seconds.
+                drop(tokio::time::timeout(Duration::from_secs(5), ws.close()).await);
                 return;
             }
             message = ws.next() => match message {
