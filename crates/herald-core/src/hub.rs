@@ -171,9 +171,6 @@ struct Gate {
     /// The users this session's user blocked: what they send is not offered. `None`
     /// until loaded (see [`SessionGuard::load_blocked`]).
     blocked: RwLock<Option<Arc<[UserId]>>>,
-    /// Whether `blocked` names anyone, set with it: most users block no one, and a flag
-    /// beside `holding` spares every delivery the lock's two atomic writes.
-    blocks_anyone: AtomicBool,
 }
 
 #[derive(Default)]
@@ -211,21 +208,8 @@ impl Outlet for Gate {
 impl Gate {
     /// Whether the delivery comes from a user this session blocked.
     fn refuses(&self, delivery: &Delivery) -> bool {
-        if !self.blocks_anyone.load(Ordering::Acquire) {
-            return false;
-        }
         let Some(sender) = delivery.event().sender() else { return false };
         self.blocked.read().as_ref().is_some_and(|blocked| blocked.contains(sender))
-    }
-
-    /// Sets the users this session's user blocked; with `only_first`, unless already set.
-    fn set_blocked(&self, blocked: Arc<[UserId]>, only_first: bool) {
-        let mut current = self.blocked.write();
-        if only_first && current.is_some() {
-            return;
-        }
-        self.blocks_anyone.store(!blocked.is_empty(), Ordering::Release);
-        *current = Some(blocked);
     }
 
     fn hold(&self) {
@@ -476,7 +460,6 @@ impl Hub {
             held: Mutex::new(held.then(|| Box::new(Held { holds: 1, ..Held::default() }))),
             max_held: self.inner.limits.max_held,
             blocked: RwLock::new(None),
-            blocks_anyone: AtomicBool::new(false),
         });
         {
             let mut topics = self.inner.topics.write();
@@ -653,7 +636,10 @@ impl Hub {
     pub fn load_blocked(&self, id: SessionId, blocked: Vec<UserId>) {
         let gate = self.inner.sessions.read().get(&id).map(|entry| entry.outlet.clone());
         if let Some(gate) = gate {
-            gate.set_blocked(blocked.into(), true);
+            let mut current = gate.blocked.write();
+            if current.is_none() {
+                *current = Some(blocked.into());
+            }
         }
     }
 
@@ -677,7 +663,7 @@ impl Hub {
                 let sessions = self.inner.sessions.read();
                 for id in ids {
                     if let Some(entry) = sessions.get(&id) {
-                        entry.outlet.set_blocked(blocked.clone(), false);
+                        *entry.outlet.blocked.write() = Some(blocked.clone());
                     }
                 }
             }
